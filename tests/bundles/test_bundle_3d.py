@@ -64,11 +64,19 @@ def test_verify_net_in_out():
 def _bundle_cmd(run_id: str, bundle_root: Path, configs: list[str], **overrides) -> list[str]:
     config_file = [str(CONFIGS / c) for c in configs]
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", run_id,
-        "--config_file", json.dumps(config_file) if len(config_file) > 1 else config_file[0],
-        "--meta_file", str(CONFIGS / "metadata.json"),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--bundle_root", str(bundle_root),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        json.dumps(config_file) if len(config_file) > 1 else config_file[0],
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--bundle_root",
+        str(bundle_root),
     ]
     for k, v in overrides.items():
         cmd += [f"--{k}", str(v)]
@@ -89,12 +97,31 @@ TINY = {"patch_size": "[32,32,32]", "pixdim": "[3.0,3.0,4.0]", "num_samples": 2,
 def test_train_evaluate_infer_end_to_end(tiny_dataset_3d, tmp_path):
     root = tmp_path / "bundle"
     shutil.copytree(BUNDLE_3D, root, ignore=shutil.ignore_patterns("models"))
-    _run(_bundle_cmd("training", root, ["train.json"], dataset_dir=tiny_dataset_3d, max_epochs=1, val_interval=1, **TINY))
+    _run(
+        _bundle_cmd("training", root, ["train.json"], dataset_dir=tiny_dataset_3d, max_epochs=1, val_interval=1, **TINY)
+    )
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert any(k.startswith("segmentation_head") for k in state)
     assert list((root / "runs").glob("events.out.tfevents.*"))
 
-    _run(_bundle_cmd("evaluating", root, ["train.json", "evaluate.json"], dataset_dir=tiny_dataset_3d, **TINY))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for f in (root / "runs").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"val/dice/organ", "val/dice/lesion", "val/iou/vessel", "val_mean_dice"} <= tags
+
+    eval_dir = tmp_path / "eval"
+    _run(
+        _bundle_cmd(
+            "evaluating", root, ["train.json", "evaluate.json"], dataset_dir=tiny_dataset_3d, eval_dir=eval_dir, **TINY
+        )
+    )
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert set(summary["classes"]) == {"organ", "vessel", "lesion"}
+    assert (eval_dir / "metrics_per_case.csv").read_text().count("\n") == 1 + 3  # header + 1 case x 3 classes
 
     out = tmp_path / "pred"
     images = tiny_dataset_3d / "imagesTs"
