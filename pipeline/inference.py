@@ -1,0 +1,660 @@
+"""Batch inference: every NIfTI file and DICOM series under a folder -> a label mask in that input's own grid.
+
+Built for site archives of hundreds of studies, where one bad file must not lose the night's work:
+
+- **Per-case failures**: an input that cannot be read, checked, preprocessed, inferred or written is recorded in
+  ``failures.csv`` (``input, stage, reason``) and the run goes on; :attr:`InferenceReport.exit_code` is
+  ``3`` when some failed. ``summary.json`` lists processed / skipped / failed cases with per-case times.
+- **Atomic, resumable**: each output is written to a hidden temp file in its folder, then ``os.replace``-d into
+  place, so a mask that exists is complete; a rerun skips cases whose outputs all exist (``overwrite=True`` redoes
+  them). Ctrl-C or SIGTERM stops after the output being written, leaves no partial file, and still writes the
+  reports. Inputs are only ever opened for reading.
+- **Overlapped**: a loader thread reads and preprocesses the next cases and a writer thread inverts, encodes and
+  writes the previous one while the main thread runs the model (loaded once, ``torch.inference_mode``, AMP on CUDA).
+
+Outputs mirror the input tree: ``<rel dir>/<case>_seg.nii.gz`` (``case`` from :func:`pipeline.data.case_id`) for a
+file and ``<rel dir of series>/<SeriesInstanceUID>_seg.nii.gz`` for a DICOM series; uint8, label value = output
+channel index (``channel_def``); optional ``_prob.nii.gz`` (float32, ``(X, Y, Z, C)``) and ``_seg.dcm`` (DICOM SEG).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SlidingWindowInferer
+from torch import nn
+
+from pipeline.data import IMAGE_SUFFIXES, DatalistError, case_id
+from pipeline.dicom import DicomError, DicomSeries, find_dicom_series, is_dicom_candidate, read_series, write_dicom_seg
+from pipeline.transforms import infer_transforms
+
+__all__ = [
+    "EXIT_FAILURES",
+    "EXIT_OK",
+    "STAGES",
+    "BatchInference",
+    "Case",
+    "InferenceFailed",
+    "InferenceReport",
+    "find_cases",
+    "load_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURES = 0, 3
+STAGES = ("discover", "read", "check", "preprocess", "infer", "write")
+BLEND_MODES = ("gaussian", "constant")
+TMP_MARK = ".partial-"
+_DONE = object()
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class InferenceFailed(RuntimeError):
+    """Raised by :meth:`InferenceReport.raise_if_failed` (bundle runs) when some inputs failed."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input: a NIfTI (or other image) file, or a DICOM series.
+
+    ``input`` names it in the reports: the file path, or ``<series folder>#<SeriesInstanceUID>``.
+    """
+
+    input: str
+    rel_dir: str
+    name: str
+    path: str | None = None
+    series: DicomSeries | None = None
+
+
+@dataclass
+class InferenceReport:
+    """What a run did; ``summary.json`` and ``failures.csv`` hold the same."""
+
+    input_dir: str
+    output_dir: str
+    processed: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    ignored: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def exit_code(self) -> int:
+        """``0`` when every input was processed or skipped, ``3`` when some failed."""
+        return EXIT_FAILURES if self.failed else EXIT_OK
+
+    def add(self, status: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            getattr(self, status).append(entry)
+
+    def raise_if_failed(self) -> InferenceReport:
+        if self.failed:
+            raise InferenceFailed(
+                f"{len(self.failed)} input(s) failed, e.g. {self.failed[0]['input']} ({self.failed[0]['stage']}: "
+                f"{self.failed[0]['reason']}); all reasons are in {Path(self.output_dir) / 'failures.csv'}."
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {k: len(getattr(self, k)) for k in ("processed", "skipped", "failed", "ignored")}
+        return {
+            "input_dir": self.input_dir,
+            "output_dir": self.output_dir,
+            "counts": counts,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            **{k: getattr(self, k) for k in ("processed", "skipped", "failed", "ignored")},
+        }
+
+
+class _CaseError(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage, self.reason = stage, reason
+
+
+def _reason(e: BaseException) -> str:
+    """The root cause of ``e`` (MONAI wraps transform errors in 'applying transform ...'), on one line."""
+    while e.__cause__ is not None and "applying transform" in str(e):
+        e = e.__cause__
+    text = " ".join(str(e).split()) or type(e).__name__
+    return (text if isinstance(e, (DicomError, _CaseError)) else f"{type(e).__name__}: {text}")[:600]
+
+
+def find_cases(
+    input_dir: str | Path, exclude: str | Path | None = None
+) -> tuple[list[Case], list[dict[str, str]], list[dict[str, str]]]:
+    """Every image file and DICOM series under ``input_dir`` (recursive; hidden files/folders skipped).
+
+    Args:
+        input_dir: the archive folder.
+        exclude: a folder not to search (the output folder, when it lies inside the input folder).
+
+    Returns:
+        ``(cases, failures, ignored)``: cases sorted by path; ``{"input", "stage": "discover", "reason"}`` for
+        DICOM files that cannot be parsed; ``{"input", "reason"}`` for DICOM objects that are not images.
+
+    Raises:
+        DatalistError: the folder does not exist or holds neither image files nor DICOM.
+    """
+    root = Path(input_dir).resolve()
+    if not root.is_dir():
+        raise DatalistError(
+            f"Input folder {str(root)!r} does not exist; expected a folder of NIfTI files/DICOM series."
+        )
+    skip = Path(exclude).resolve() if exclude is not None else None
+    images: list[str] = []
+    candidates: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != skip)
+        for fn in sorted(filenames):
+            if fn.startswith("."):
+                continue
+            if fn.lower().endswith(IMAGE_SUFFIXES):
+                images.append(os.path.join(dirpath, fn))
+            elif is_dicom_candidate(fn):
+                candidates.append(os.path.join(dirpath, fn))
+    cases = [Case(p, os.path.relpath(os.path.dirname(p), root), case_id(p), path=p) for p in images]
+    series, unreadable, ignored = find_dicom_series(candidates)
+    cases += [Case(f"{s.folder}#{s.uid}", os.path.relpath(s.folder, root), s.uid, series=s) for s in series]
+    failures = [{"input": p, "stage": "discover", "reason": r} for p, r in unreadable]
+    if not cases and not failures:
+        raise DatalistError(
+            f"Input folder {str(root)!r} holds no image files ending in {list(IMAGE_SUFFIXES)} and no DICOM series."
+        )
+    return sorted(cases, key=lambda c: c.input), failures, [{"input": p, "reason": r} for p, r in ignored]
+
+
+def load_checkpoint(network: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights with ``torch.load(weights_only=True)``: a state dict, or a dict holding one under
+    ``model``/``network``/``state_dict`` (a DDP ``module.`` prefix is removed).
+
+    Raises:
+        FileNotFoundError: no file (the message says to train the bundle or pass ``--checkpoint``).
+        ValueError: not loadable safely, or the weights do not fit ``network``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No model weights at {path}: train the bundle first (python -m monai.bundle run training ...) "
+            "or pass --checkpoint PATH."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{path}: cannot be loaded with weights_only=True ({_reason(e)}); save a plain state dict."
+        ) from e
+    if isinstance(obj, Mapping):
+        for key in ("model", "network", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: expected a state dict (or one under 'model'/'network'/'state_dict'), got {type(obj)}."
+        )
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{path}: weights do not fit network_def ({' '.join(str(e).split())[:500]}). Fix: use the configs the "
+            "checkpoint was trained with (backbone, decoder_channels, class_names) or the matching checkpoint."
+        ) from e
+    return network
+
+
+def _gzip_chunks(raw: bytes, level: int = 1, chunk: int = 1 << 22) -> Iterator[bytes]:
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container, header mtime 0 (reproducible bytes)
+    view = memoryview(raw)
+    for i in range(0, len(raw), chunk):
+        yield comp.compress(view[i : i + chunk])
+    yield comp.flush()
+
+
+def _nifti_chunks(array: np.ndarray, affine: np.ndarray) -> Iterator[bytes]:
+    """``array`` as a gzipped NIfTI-1 with ``affine`` as sform and qform (code 1, scanner), in chunks."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_sform(affine, code=1)
+    img.header.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    return _gzip_chunks(img.to_bytes())
+
+
+def _atomic_write(path: Path, chunks: Iterable[bytes]) -> Path:
+    """Write ``chunks`` to a hidden temp file next to ``path``, fsync, then ``os.replace``; no partial file survives
+    an exception (including KeyboardInterrupt)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_MARK}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _remove_stale_temps(out: Path) -> None:
+    for p in out.rglob(f".*{TMP_MARK}*"):
+        if p.is_file():
+            logger.info("removing %s left by an earlier run that was killed", p)
+            p.unlink(missing_ok=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt in the main thread (so outputs are finished or cleaned up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+@dataclass
+class _Item:
+    case: Case
+    outputs: list[Path]
+    status: str = "processed"
+    stage: str = ""
+    reason: str = ""
+    data: dict[str, Any] | None = None
+    shape: tuple[int, ...] = ()
+    affine: np.ndarray | None = None
+    times: dict[str, float] = field(default_factory=dict)
+
+
+class BatchInference:
+    """Segment every input under a folder (see the module docstring); the model is loaded once.
+
+    Args:
+        network: the segmentation network, ``(B, in_channels, *spatial) -> (B, C, *spatial)`` logits.
+        checkpoint: weights for ``network`` (see :func:`load_checkpoint`); None keeps its current weights.
+        spatial_dims: 2 or 3.
+        in_channels: channels the network takes.
+        class_names: names by label value: a list (index = value) or ``{value: name}``; C entries.
+        preprocessing: an invertible chain starting ``LoadImaged, EnsureChannelFirstd`` (e.g. the bundle's
+            ``preprocessing``); None builds :func:`pipeline.transforms.infer_transforms` from ``pixdim``/``intensity``.
+        pixdim: target spacing (mm) when ``preprocessing`` is None; None keeps the native grid.
+        intensity: intensity kwargs when ``preprocessing`` is None.
+        inferer: e.g. the bundle's ``SlidingWindowInferer``; None builds one from the next four arguments.
+        roi_size: sliding-window size, ``spatial_dims`` entries.
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap in [0, 1).
+        mode: window blending, ``gaussian`` or ``constant``.
+        device: torch device; None picks CUDA when present.
+        amp: float16 autocast on CUDA (ignored on CPU); None means on.
+        probabilities: also write ``<case>_prob.nii.gz`` (float32, ``(*spatial, C)``, softmax in the input grid).
+        dicom_seg: also write ``<uid>_seg.dcm`` (DICOM SEG, needs highdicom) for DICOM series.
+        overwrite: redo cases whose outputs exist (default: skip them).
+        output_postfix: mask names end ``_<postfix>.nii.gz``.
+        progress: show a tqdm progress bar.
+        prefetch: cases loaded / waiting to be written ahead of the model.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        checkpoint: str | Path | None = None,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        class_names: Sequence[str] | Mapping[int, str] | None = None,
+        preprocessing: mt.Compose | None = None,
+        pixdim: Sequence[float] | None = (1.5, 1.5, 2.0),
+        intensity: Mapping[str, Any] | None = None,
+        inferer: Inferer | None = None,
+        roi_size: Sequence[int] = (64, 64, 32),
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        device: str | torch.device | None = None,
+        amp: bool | None = None,
+        probabilities: bool = False,
+        dicom_seg: bool = False,
+        overwrite: bool = False,
+        output_postfix: str = "seg",
+        progress: bool = True,
+        prefetch: int = 2,
+    ) -> None:
+        if mode not in BLEND_MODES:
+            raise ValueError(f"'mode' must be one of {list(BLEND_MODES)}, got {mode!r}.")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"'overlap' must be in [0, 1), got {overlap!r}.")
+        if len(roi_size) != spatial_dims:
+            raise ValueError(f"'roi_size' must have {spatial_dims} entries (spatial_dims), got {list(roi_size)!r}.")
+        if dicom_seg:
+            try:
+                import highdicom  # noqa: F401
+            except ImportError as e:
+                raise ImportError("--dicom-seg needs highdicom: pip install 'pipeline[dicom-seg]'.") from e
+        names = dict(enumerate(class_names)) if isinstance(class_names, Sequence) else dict(class_names or {})
+        self.labels: dict[int, str] = {int(k): str(v) for k, v in names.items()}
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.amp = (amp is None or bool(amp)) and self.device.type == "cuda"
+        self.network = network
+        if checkpoint is not None:
+            load_checkpoint(network, checkpoint)
+        self.network.to(self.device).eval()
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        pre = preprocessing if preprocessing is not None else infer_transforms(spatial_dims, pixdim, intensity)
+        self._load, self._after_load, self._tail = _split_preprocessing(pre)
+        self._invert = mt.Invertd("pred", transform=self._tail, orig_keys="image", nearest_interp=False)
+        self.inferer = inferer or SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode=mode)
+        self.probabilities, self.dicom_seg, self.overwrite = probabilities, dicom_seg, overwrite
+        self.postfix, self.progress, self.prefetch = output_postfix, progress, max(1, prefetch)
+
+    def outputs_for(self, case: Case, output_dir: str | Path) -> list[Path]:
+        """Output paths of a case: mask first, then probabilities / DICOM SEG when asked for."""
+        folder = Path(output_dir) / case.rel_dir
+        out = [folder / f"{case.name}_{self.postfix}.nii.gz"]
+        if self.probabilities:
+            out.append(folder / f"{case.name}_prob.nii.gz")
+        if self.dicom_seg and case.series is not None:
+            out.append(folder / f"{case.name}_{self.postfix}.dcm")
+        return out
+
+    def run(self, input_dir: str | Path, output_dir: str | Path) -> InferenceReport:
+        """Segment every input under ``input_dir`` into ``output_dir``; writes ``summary.json``/``failures.csv``.
+
+        Raises:
+            DatalistError: no input folder or nothing to segment in it.
+            KeyboardInterrupt: on Ctrl-C/SIGTERM, after finishing the output being written and the reports.
+        """
+        out = Path(output_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        report = InferenceReport(str(Path(input_dir).resolve()), str(out))
+        cases, failures, report.ignored = find_cases(input_dir, exclude=out)
+        for f in failures:
+            logger.warning("%s failed at discover: %s", f["input"], f["reason"])
+            report.add("failed", f)
+        _remove_stale_temps(out)
+        owner: dict[Path, str] = {}
+        todo = []
+        for case in cases:
+            outputs = self.outputs_for(case, out)
+            if outputs[0] in owner:
+                reason = f"output {outputs[0]} collides with that of {owner[outputs[0]]}; rename one of the inputs"
+                logger.warning("%s failed at discover: %s", case.input, reason)
+                report.add("failed", {"input": case.input, "stage": "discover", "reason": reason})
+                continue
+            owner[outputs[0]] = case.input
+            todo.append(_Item(case, outputs))
+        start = time.perf_counter()
+        try:
+            with _sigterm_as_interrupt():
+                self._pipeline(todo, report)
+        except BaseException:
+            report.interrupted = True
+            raise
+        finally:
+            report.seconds = time.perf_counter() - start
+            self._write_reports(report)
+        return report
+
+    # -- the three stages, each run by its own thread -------------------------------------------------------------
+    def _prepare(self, item: _Item) -> _Item:
+        """Loader thread: skip finished cases, else read, check and preprocess."""
+        if not self.overwrite and all(p.is_file() for p in item.outputs):
+            item.status = "skipped"
+            return item
+        t0, stage = time.perf_counter(), "read"
+        try:
+            item.data = self._read(item.case)
+            img = item.data["image"]
+            item.shape, item.affine = tuple(img.shape[1:]), np.asarray(img.affine, dtype=np.float64)
+            stage = "check"
+            self._check(img)
+            stage = "preprocess"
+            item.data = self._tail(item.data)
+        except Exception as e:  # one input's problem, whatever its type, must not stop the run
+            item.status, item.data = "failed", None
+            item.stage, item.reason = (e.stage, e.reason) if isinstance(e, _CaseError) else (stage, _reason(e))
+        item.times["load"] = time.perf_counter() - t0
+        return item
+
+    def _read(self, case: Case) -> dict[str, Any]:
+        try:
+            if case.series is None:
+                return self._load({"image": case.path})
+            if self.spatial_dims != 3:
+                raise _CaseError("check", "DICOM series are read as 3D volumes; this model is 2D.")
+            volume, affine = read_series(case.series)
+            meta = {"original_channel_dim": "no_channel", "filename_or_obj": case.input, "space": "RAS"}
+            image = MetaTensor(torch.from_numpy(volume), affine=torch.from_numpy(affine), meta=meta)
+            return self._after_load({"image": image})
+        except _CaseError:
+            raise
+        except Exception as e:
+            raise _CaseError("read", _reason(e)) from e
+
+    def _check(self, img: torch.Tensor) -> None:
+        spatial = tuple(img.shape[1:])
+        if len(spatial) != self.spatial_dims:
+            raise _CaseError(
+                "check",
+                f"expected a {self.spatial_dims}D image, got {len(spatial)}D spatial shape {spatial}; "
+                f"the model is {self.spatial_dims}D.",
+            )
+        if img.shape[0] != self.in_channels:
+            raise _CaseError(
+                "check",
+                f"image has {img.shape[0]} channels/volumes (shape {tuple(img.shape)}); the model takes "
+                f"in_channels={self.in_channels}. Split 4D series into single volumes.",
+            )
+        if min(spatial) < 2:
+            raise _CaseError("check", f"spatial shape {spatial} has a single slice; not a {self.spatial_dims}D volume.")
+        bad = int((~torch.isfinite(img)).sum())
+        if bad:
+            raise _CaseError("check", f"{bad} of {img.numel()} voxels are NaN/Inf; fix or mask the image.")
+
+    def _infer(self, item: _Item) -> torch.Tensor:
+        """Main thread: sliding-window logits -> softmax ``(C, *spatial)`` on CPU."""
+        assert item.data is not None
+        image = item.data["image"]
+        x = image.as_tensor()[None].to(self.device, non_blocking=True)
+        amp = torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+        with torch.inference_mode(), amp:
+            logits = self.inferer(x, self.network)
+            probs = torch.softmax(logits.float(), dim=1)[0].cpu()
+        if probs.shape[0] != len(self.labels) and self.labels:
+            raise ValueError(f"the network returned {probs.shape[0]} channels, class_names has {len(self.labels)}.")
+        # keep only the metadata the inversion needs, not the preprocessed image
+        item.data["image"] = MetaTensor(
+            torch.zeros(1), meta=dict(image.meta), applied_operations=image.applied_operations
+        )
+        return probs
+
+    def _write(self, item: _Item, probs: torch.Tensor) -> list[str]:
+        """Writer thread: invert to the input grid, argmax, write every output atomically."""
+        assert item.data is not None and item.affine is not None
+        with torch.inference_mode():
+            pred = self._invert({"image": item.data["image"], "pred": MetaTensor(probs)})["pred"]
+        pred = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)
+        if tuple(pred.shape[1:]) != item.shape:
+            raise _CaseError("write", f"inverted prediction has shape {tuple(pred.shape[1:])}, input {item.shape}.")
+        labels = torch.argmax(pred, dim=0).to(torch.uint8).numpy()
+        _atomic_write(item.outputs[0], _nifti_chunks(labels, item.affine))
+        for path in item.outputs[1:]:
+            if path.name.endswith("_prob.nii.gz"):
+                _atomic_write(path, _nifti_chunks(np.moveaxis(pred.float().numpy(), 0, -1), item.affine))
+            elif item.case.series is not None:
+                _atomic_write(path, [write_dicom_seg(item.case.series, labels, self.labels)])
+        return [str(p) for p in item.outputs]
+
+    # -- orchestration -------------------------------------------------------------------------------------------
+    def _pipeline(self, items: list[_Item], report: InferenceReport) -> None:
+        from tqdm.auto import tqdm
+
+        stop, fatal = threading.Event(), []
+        loaded: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        to_write: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        bar = tqdm(total=len(items), unit="case", disable=not self.progress, dynamic_ncols=True)
+
+        def done(item: _Item) -> None:
+            t = item.times
+            if item.status == "processed":
+                entry = {"input": item.case.input, "outputs": [str(p) for p in item.outputs], "shape": list(item.shape)}
+                report.add("processed", {**entry, "seconds": {k: round(v, 3) for k, v in t.items()}})
+            elif item.status == "skipped":
+                report.add("skipped", {"input": item.case.input, "outputs": [str(p) for p in item.outputs]})
+            else:
+                logger.warning("%s failed at %s: %s", item.case.input, item.stage, item.reason)
+                report.add("failed", {"input": item.case.input, "stage": item.stage, "reason": item.reason})
+            bar.set_postfix_str(f"{item.case.name[-24:]} {item.status} {sum(t.values()):.1f}s", refresh=False)
+            bar.update(1)
+
+        def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+            def target() -> None:
+                try:
+                    fn()
+                except BaseException as e:  # KeyboardInterrupt raised inside a thread must reach the main thread
+                    fatal.append(e)
+                    stop.set()
+
+            return target
+
+        def load_all() -> None:
+            for item in items:
+                if stop.is_set() or not _put(loaded, self._prepare(item), stop):
+                    return
+            _put(loaded, _DONE, stop)
+
+        def write_all() -> None:
+            while True:
+                try:
+                    got = to_write.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    continue
+                if got is _DONE or stop.is_set():
+                    return
+                item, probs = got
+                t0 = time.perf_counter()
+                try:
+                    self._write(item, probs)
+                except Exception as e:
+                    item.status, item.stage, item.reason = "failed", "write", _reason(e)
+                item.times["write"] = time.perf_counter() - t0
+                done(item)
+
+        threads = [
+            threading.Thread(target=guarded(load_all), name="inference-loader", daemon=True),
+            threading.Thread(target=guarded(write_all), name="inference-writer", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                if fatal:
+                    raise fatal[0]
+                try:
+                    item = loaded.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                if item.status != "processed":
+                    done(item)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    probs = self._infer(item)
+                except Exception as e:  # e.g. CUDA out of memory on one large volume
+                    item.status, item.stage, item.reason, item.data = "failed", "infer", _reason(e), None
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    done(item)
+                    continue
+                item.times["infer"] = time.perf_counter() - t0
+                _put(to_write, (item, probs), stop)
+            _put(to_write, _DONE, stop)
+            while threads[1].is_alive():
+                threads[1].join(timeout=0.1)
+            if fatal:
+                raise fatal[0]
+        finally:
+            stop.set()
+            threads[1].join()  # the writer finishes the file it is writing (atomically) and stops
+            threads[0].join(timeout=1.0)
+            bar.close()
+
+    def _write_reports(self, report: InferenceReport) -> None:
+        out = Path(report.output_dir)
+        model = {"checkpoint": self.checkpoint, "labels": {str(k): v for k, v in sorted(self.labels.items())}}
+        summary = {**report.to_dict(), "model": model}
+        _atomic_write(out / "summary.json", [json.dumps(summary, indent=2).encode() + b"\n"])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["input", "stage", "reason"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(report.failed)
+        _atomic_write(out / "failures.csv", [buf.getvalue().encode()])
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _split_preprocessing(pre: mt.Compose) -> tuple[mt.Compose, mt.Compose, mt.Compose]:
+    """``(load, after_load, tail)``: the leading ``LoadImaged``/``EnsureChannelFirstd`` (from files), the same
+    without ``LoadImaged`` (for volumes read from DICOM), and the rest, which is what gets inverted."""
+    chain = list(pre.flatten().transforms)
+    n = 0
+    while n < len(chain) and isinstance(chain[n], (mt.LoadImaged, mt.EnsureChannelFirstd)):
+        n += 1
+    if not chain or not isinstance(chain[0], mt.LoadImaged):
+        names = [type(t).__name__ for t in chain[:3]]
+        raise ValueError(f"'preprocessing' must start with LoadImaged (then EnsureChannelFirstd), got {names}.")
+    head = chain[:n]
+    return mt.Compose(head), mt.Compose([t for t in head if not isinstance(t, mt.LoadImaged)]), mt.Compose(chain[n:])
