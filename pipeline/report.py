@@ -222,7 +222,8 @@ def compare_markdown(summaries: Mapping[str, Mapping[str, Any]], metric: str = "
             vals.append(v if c == "macro" else (v or {}).get("mean"))
         known = [v for v in vals if v is not None]
         top = max(known) if known else None
-        cells = ["–" if v is None else (f"**{v:.3f}**" if v == top and len(known) > 1 else f"{v:.3f}") for v in vals]
+        unique_top = top is not None and vals.count(top) == 1 and len(known) > 1
+        cells = ["–" if v is None else (f"**{v:.3f}**" if v == top and unique_top else f"{v:.3f}") for v in vals]
         best = runs[vals.index(top)] if top is not None and vals.count(top) == 1 else "tie" if known else "–"
         lines.append(f"| {c} | {' | '.join(cells)} | {best} |")
     return "\n".join(lines) + "\n"
