@@ -22,6 +22,7 @@ VERBS: tuple[str, ...] = (
     "audit",
     "overfit",
     "demo",
+    "demo-2d",
     "evaluate",
     "report",
     "infer",

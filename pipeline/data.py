@@ -11,18 +11,21 @@ import json
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DatalistError",
+    "Problem",
     "case_id",
     "class_names_from_dataset",
     "load_datalist",
     "list_images",
     "load_split",
     "pair_folders",
+    "scan_datalist",
     "split_datalist",
 ]
 
@@ -34,6 +37,26 @@ _SECTIONS = ("training", "validation", "test")
 
 class DatalistError(ValueError):
     """A datalist problem: a missing file, an unpaired case or a malformed ``dataset.json``."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a dataset or a configuration (see :mod:`pipeline.checks` for the ``kind`` values).
+
+    Attributes:
+        kind: short machine-readable name, e.g. ``missing_file``, ``shape_mismatch``.
+        where: the file, folder or config key concerned.
+        message: what is wrong, what was expected, what was found and how to fix it.
+        severity: ``error`` (training would fail or learn garbage) or ``warning`` (it works, but look).
+    """
+
+    kind: str
+    where: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
 
 
 def case_id(path: str | Path) -> str:
@@ -54,7 +77,9 @@ def case_id(path: str | Path) -> str:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
     )
 
 
@@ -69,8 +94,11 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[dict[str, st
         raise DatalistError(f"Input folder {str(root)!r} does not exist; expected a folder of image files.")
     files = root.rglob("*") if recursive else root.iterdir()
     found = sorted(
-        p for p in files
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not any(part.startswith(".") for part in p.parts)
+        p
+        for p in files
+        if p.is_file()
+        and p.name.lower().endswith(IMAGE_SUFFIXES)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     if not found:
         raise DatalistError(f"Input folder {str(root)!r} holds no image files ending in {list(IMAGE_SUFFIXES)}.")
@@ -187,6 +215,8 @@ def load_datalist(
     if section == "validation":
         return []
     sub = "Ts" if section == "test" else "Tr"
+    if not (base / f"images{sub}").is_dir():
+        raise DatalistError(_no_datalist_message(base, f"images{sub}"))
     label_dir = base / f"labels{sub}"
     if section == "test" and not label_dir.is_dir():
         return pair_folders(base / f"images{sub}")
@@ -224,7 +254,9 @@ def load_split(
     validation = load_datalist(dataset_dir, "validation", datalist)
     if not validation:
         training, validation = split_datalist(training, val_fraction, seed)
-        logger.info("no validation section: held out %d of %d training cases", len(validation), len(training) + len(validation))
+        logger.info(
+            "no validation section: held out %d of %d training cases", len(validation), len(training) + len(validation)
+        )
     if split == "training":
         if not training:
             raise DatalistError(f"No training cases found in {str(dataset_dir)!r}.")
@@ -243,3 +275,159 @@ def class_names_from_dataset(dataset_dir: str | Path) -> dict[int, str] | None:
     if not isinstance(labels, dict):
         return None
     return {int(k): str(v) for k, v in labels.items()}
+
+
+def _no_datalist_message(base: Path, images: str = "imagesTr") -> str:
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in base.iterdir())[:8]
+    return (
+        f"Dataset folder {str(base)!r} holds neither a dataset.json nor an {images}/ folder "
+        f"(found {found or 'nothing'}). "
+        f"Expected an MSD-style dataset: dataset.json with 'training'/'validation'/'test' lists, or {images}/ + "
+        f"labels{images[-2:]}/ with matching file names. Fix: point --dataset_dir at such a folder."
+    )
+
+
+def _scan_json(
+    json_path: Path, base: Path, sections: Sequence[str]
+) -> tuple[dict[str, list[dict[str, str]]], list[Problem]]:
+    problems: list[Problem] = []
+    out: dict[str, list[dict[str, str]]] = {s: [] for s in sections}
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return out, [Problem("datalist", str(json_path), f"not a readable JSON file ({e}). Fix the file.")]
+    if not isinstance(meta, dict):
+        return out, [Problem("datalist", str(json_path), f"expected a JSON object, got {type(meta).__name__}.")]
+    for section in sections:
+        items = meta.get(section, [])
+        if not isinstance(items, list):
+            problems.append(
+                Problem("datalist", f"{json_path}:{section}", f"must be a list, got {type(items).__name__}.")
+            )
+            continue
+        for i, item in enumerate(items):
+            where = f"{json_path}:{section}[{i}]"
+            if isinstance(item, str):
+                item = {"image": item}
+            if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+                problems.append(Problem("datalist", where, f"expected an object with an 'image' path, got {item!r}."))
+                continue
+            if section != "test" and not isinstance(item.get("label"), str):
+                msg = "no 'label' path; training and validation entries need one."
+                problems.append(Problem("datalist", where, msg))
+                continue
+            resolved, ok = dict(item), True
+            for key in ("image", "label"):
+                if isinstance(item.get(key), str):
+                    path = Path(item[key]) if Path(item[key]).is_absolute() else base / item[key]
+                    if not path.exists():
+                        ok = False
+                        problems.append(
+                            Problem(
+                                "missing_file",
+                                str(path),
+                                f"{key} file of {where} does not exist. Fix the path in dataset.json (relative paths "
+                                "are resolved against the dataset folder) or restore the file.",
+                            )
+                        )
+                    resolved[key] = str(path.resolve())
+            if ok:
+                out[section].append(resolved)
+    return out, problems
+
+
+def _scan_folders(base: Path) -> tuple[list[dict[str, str]], list[Problem]]:
+    image_dir, label_dir = base / "imagesTr", base / "labelsTr"
+    if not image_dir.is_dir():
+        return [], [Problem("empty_dataset", str(base), _no_datalist_message(base))]
+    problems: list[Problem] = []
+    images: dict[str, Path] = {}
+    for p in _image_files(image_dir):
+        cid = case_id(p)
+        if cid in images:
+            problems.append(
+                Problem(
+                    "duplicate_case",
+                    str(p),
+                    f"case id {cid!r} also belongs to {images[cid].name}; each case needs one image file. Fix: "
+                    "remove or rename one of them.",
+                )
+            )
+            continue
+        images[cid] = p
+    if not images:
+        problems.append(
+            Problem("empty_dataset", str(image_dir), f"holds no image files ending in {list(IMAGE_SUFFIXES)}.")
+        )
+        return [], problems
+    labels = {case_id(p): p for p in _image_files(label_dir)} if label_dir.is_dir() else {}
+    for cid in sorted(set(images) - set(labels)):
+        problems.append(
+            Problem(
+                "missing_file",
+                str(images[cid]),
+                f"no label for case {cid!r} in {label_dir}; expected {label_dir / (cid + '.nii.gz')} (same case id). "
+                "Fix: add the label or remove the image.",
+            )
+        )
+    for cid in sorted(set(labels) - set(images)):
+        problems.append(
+            Problem("missing_file", str(labels[cid]), f"label of case {cid!r} has no image in {image_dir}.")
+        )
+    paired = sorted(set(images) & set(labels))
+    return [{"image": str(images[c].resolve()), "label": str(labels[c].resolve())} for c in paired], problems
+
+
+def scan_datalist(
+    dataset_dir: str | Path,
+    sections: Sequence[str] = ("training", "validation"),
+    datalist: str | Path | None = None,
+) -> tuple[dict[str, list[dict[str, str]]], list[Problem]]:
+    """Like :func:`load_datalist` over several sections, but collects every problem instead of raising at the first.
+
+    Entries with a missing file are left out of the returned lists (and reported); duplicate case ids within and
+    across sections, unpaired files and an empty dataset are reported too.
+
+    Args:
+        dataset_dir: dataset folder.
+        sections: sections to read (``training``, ``validation``, ``test``).
+        datalist: a ``dataset.json``; default ``dataset_dir/dataset.json``, else ``imagesTr``/``labelsTr`` pairing
+            (which has only a ``training`` section).
+
+    Returns:
+        ``({section: [{"image": abs path, "label": abs path}, ...]}, problems)``.
+    """
+    for section in sections:
+        if section not in _SECTIONS:
+            raise DatalistError(f"'sections' entries must be in {list(_SECTIONS)}, got {section!r}.")
+    base = Path(dataset_dir)
+    out: dict[str, list[dict[str, str]]] = {s: [] for s in sections}
+    if not base.is_dir():
+        msg = "dataset folder does not exist; expected an MSD-style folder. Fix the path (--dataset_dir)."
+        return out, [Problem("missing_file", str(base), msg)]
+    json_path = Path(datalist) if datalist is not None else base / "dataset.json"
+    if json_path.is_file():
+        out, problems = _scan_json(json_path, base, sections)
+    elif datalist is not None:
+        return out, [Problem("missing_file", str(json_path), "datalist file does not exist.")]
+    elif "training" in sections:
+        out["training"], problems = _scan_folders(base)
+    else:
+        problems = []
+    seen: dict[str, str] = {}
+    for section in sections:
+        for item in out[section]:
+            cid = case_id(item["image"])
+            if cid in seen:
+                problems.append(
+                    Problem(
+                        "duplicate_case",
+                        item["image"],
+                        f"case id {cid!r} appears twice ({seen[cid]} and {section}); a case must be listed once, "
+                        "or validation leaks into training. Fix: remove the repeated entry or rename the case.",
+                    )
+                )
+            seen.setdefault(cid, section)
+    if "training" in sections and not out["training"] and not any(p.kind == "empty_dataset" for p in problems):
+        problems.append(Problem("empty_dataset", str(base), "no usable training cases were found."))
+    return out, problems

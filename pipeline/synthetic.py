@@ -81,19 +81,32 @@ def _world_grid(spec: SiteSpec, dims: int, affine: np.ndarray) -> list[np.ndarra
     return [affine[i, i] * idx[i] + affine[i, 3] for i in range(dims)]
 
 
-def _anatomy(rng: np.random.Generator) -> dict[str, np.ndarray | float | bool]:
+@dataclass(frozen=True)
+class _Anatomy:
+    body_r: np.ndarray
+    organ_c: np.ndarray
+    organ_r: np.ndarray
+    vessel_xy: np.ndarray
+    vessel_r: float
+    vessel_tilt: np.ndarray
+    lesion: bool
+    lesion_offset: np.ndarray
+    lesion_r: float
+
+
+def _anatomy(rng: np.random.Generator) -> _Anatomy:
     """Random but site-independent anatomy of one case, in mm."""
-    return {
-        "body_r": np.array([62.0, 52.0, 46.0]) * rng.uniform(0.9, 1.05),
-        "organ_c": np.array([-14.0, 6.0, 0.0]) + rng.uniform(-5, 5, 3),
-        "organ_r": np.array([28.0, 22.0, 20.0]) * rng.uniform(0.85, 1.15, 3),
-        "vessel_xy": np.array([18.0, -10.0]) + rng.uniform(-5, 5, 2),
-        "vessel_r": float(rng.uniform(3.2, 4.5)),
-        "vessel_tilt": rng.uniform(-0.15, 0.15, 2),
-        "lesion": bool(rng.uniform() < _LESION_PROBABILITY),
-        "lesion_offset": rng.uniform(-0.45, 0.45, 3),
-        "lesion_r": float(rng.uniform(3.5, 5.5)),
-    }
+    return _Anatomy(
+        body_r=np.array([62.0, 52.0, 46.0]) * rng.uniform(0.9, 1.05),
+        organ_c=np.array([-14.0, 6.0, 0.0]) + rng.uniform(-5, 5, 3),
+        organ_r=np.array([28.0, 22.0, 20.0]) * rng.uniform(0.85, 1.15, 3),
+        vessel_xy=np.array([18.0, -10.0]) + rng.uniform(-5, 5, 2),
+        vessel_r=float(rng.uniform(3.2, 4.5)),
+        vessel_tilt=rng.uniform(-0.15, 0.15, 2),
+        lesion=bool(rng.uniform() < _LESION_PROBABILITY),
+        lesion_offset=rng.uniform(-0.45, 0.45, 3),
+        lesion_r=float(rng.uniform(3.5, 5.5)),
+    )
 
 
 def make_case(spec: SiteSpec, seed: int, dims: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,19 +132,19 @@ def make_case(spec: SiteSpec, seed: int, dims: int = 3) -> tuple[np.ndarray, np.
     def ellipsoid(center: np.ndarray, radii: np.ndarray) -> np.ndarray:
         return sum(((p - c) / r) ** 2 for p, c, r in zip(pos, center, radii, strict=True)) <= 1.0
 
-    body = ellipsoid(np.zeros(3), a["body_r"])  # type: ignore[arg-type]
-    organ = ellipsoid(a["organ_c"], a["organ_r"]) & body  # type: ignore[arg-type]
-    vx, vy = a["vessel_xy"]  # type: ignore[misc]
-    tx, ty = a["vessel_tilt"]  # type: ignore[misc]
-    vessel = (((x - vx - tx * z) ** 2 + (y - vy - ty * z) ** 2) <= a["vessel_r"] ** 2) & body  # type: ignore[operator]
+    body = ellipsoid(np.zeros(3), a.body_r)
+    organ = ellipsoid(a.organ_c, a.organ_r) & body
+    vx, vy = a.vessel_xy
+    tx, ty = a.vessel_tilt
+    vessel = (((x - vx - tx * z) ** 2 + (y - vy - ty * z) ** 2) <= a.vessel_r**2) & body
     label = np.zeros(x.shape, dtype=np.uint8)
     label[organ] = 1
     label[vessel] = 2
-    if a["lesion"]:
-        c = a["organ_c"] + a["lesion_offset"] * a["organ_r"]  # type: ignore[operator]
+    if a.lesion:
+        c = a.organ_c + a.lesion_offset * a.organ_r
         if dims == 2:
             c = np.array([c[0], c[1], 0.0])
-        r = float(a["lesion_r"])  # type: ignore[arg-type]
+        r = a.lesion_r
         label[ellipsoid(c, np.array([r, r, r])) & organ] = 3
 
     air, tissue, *structures = spec.intensities
@@ -155,7 +168,13 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def make_site(
-    out_dir: str | Path, site: str = "A", n_train: int = 8, n_val: int = 2, n_test: int = 2, dims: int = 3, seed: int = 0
+    out_dir: str | Path,
+    site: str = "A",
+    n_train: int = 8,
+    n_val: int = 2,
+    n_test: int = 2,
+    dims: int = 3,
+    seed: int = 0,
 ) -> Path:
     """Write one site's dataset (NIfTI + MSD ``dataset.json``) and return its folder.
 

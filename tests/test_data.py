@@ -108,3 +108,42 @@ def test_list_images_recursive_skips_hidden(tmp_path):
     empty = _touch(tmp_path / "e" / "x.txt").parent
     with pytest.raises(DatalistError, match="holds no image files"):
         list_images(empty)
+
+
+def test_scan_datalist_collects_every_problem(tmp_path):
+    from pipeline.data import scan_datalist
+
+    for c in ("a", "b", "c"):
+        _touch(tmp_path / "imagesTr" / f"{c}.nii.gz")
+    _touch(tmp_path / "labelsTr" / "a.nii.gz")
+    _touch(tmp_path / "labelsTr" / "z.nii.gz")
+    lists, problems = scan_datalist(tmp_path)
+    assert [Path(i["image"]).name for i in lists["training"]] == ["a.nii.gz"]
+    assert sorted((p.kind, Path(p.where).name) for p in problems) == [
+        ("missing_file", "b.nii.gz"),
+        ("missing_file", "c.nii.gz"),
+        ("missing_file", "z.nii.gz"),
+    ]
+    meta = {
+        "training": [{"image": "x1.nii", "label": "y1.nii"}, {"image": "x2.nii"}],
+        "validation": ["imagesTr/a.nii.gz"],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    lists, problems = scan_datalist(tmp_path)
+    assert sorted(p.kind for p in problems) == ["datalist", "datalist", "empty_dataset", "missing_file", "missing_file"]
+
+
+def test_empty_dataset_folder_says_what_is_expected(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(
+        DatalistError, match=r"holds neither a dataset.json nor an imagesTr/ folder \(found \['notes.txt'\]\)"
+    ):
+        load_datalist(tmp_path, "training")
+
+
+def test_list_images_under_a_hidden_parent_folder(tmp_path):
+    archive = tmp_path / ".cache" / "archive"
+    _touch(archive / "p1" / "ct.nii.gz")
+    _touch(archive / ".tmp" / "partial.nii.gz")
+    found = [Path(i["image"]).name for i in list_images(archive)]
+    assert found == ["ct.nii.gz"]

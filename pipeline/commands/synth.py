@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = make_dataset(
-        args.out, dims=args.dims, site=args.site, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+        args.out,
+        dims=args.dims,
+        site=args.site,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
         seed=args.seed,
     )
     print(f"wrote synthetic {args.dims}D data to {out} (classes: {CLASS_NAMES})")

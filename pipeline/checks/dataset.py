@@ -1,0 +1,403 @@
+"""Dataset checks: every case's files, geometry, channels, labels and intensities; configuration checks."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.checks.images import ImageInfo, dicom_info, load_array, read_image_info
+from pipeline.checks.overrides import raise_for_cli
+from pipeline.data import DatalistError, Problem, case_id, class_names_from_dataset, scan_datalist
+
+__all__ = [
+    "KINDS",
+    "LEVELS",
+    "CheckReport",
+    "DataCheckError",
+    "check_dataset",
+    "check_output_dirs",
+    "check_patch_size",
+    "check_training_data",
+    "network_stride",
+]
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("headers", "full", "off")
+KINDS = (
+    "missing_file", "unreadable", "truncated", "shape_mismatch", "affine_mismatch", "label_values", "float_labels",
+    "non_finite", "wrong_dims", "wrong_channels", "empty_dataset", "duplicate_case", "datalist", "dicom_mixed_series",
+    "dicom_geometry", "small_image", "patch_stride", "output_not_writable",
+)  # fmt: skip
+
+
+class DataCheckError(DatalistError):
+    """The dataset or configuration has problems; ``.problems`` lists them all (the message too)."""
+
+    def __init__(self, report: CheckReport) -> None:
+        self.report, self.problems = report, report.errors
+        super().__init__(report.summary(max_lines=40))
+
+
+@dataclass
+class CheckReport:
+    """Everything :func:`check_dataset` found."""
+
+    dataset_dir: str
+    cases: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    def summary(self, max_lines: int | None = None) -> str:
+        """Header line plus one line per problem (errors first)."""
+        ordered = self.errors + self.warnings
+        head = (
+            f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) in {self.dataset_dir} "
+            f"({self.cases} case(s) checked)"
+        )
+        lines = [f"  - [{p.severity}] {p}" for p in ordered[:max_lines]]
+        if max_lines is not None and len(ordered) > max_lines:
+            lines.append(f"  ... and {len(ordered) - max_lines} more: python -m pipeline check-data {self.dataset_dir}")
+        return "\n".join([head + (":" if lines else "."), *lines])
+
+    def raise_if_errors(self) -> CheckReport:
+        if self.errors:
+            raise DataCheckError(self)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset_dir": self.dataset_dir,
+            "cases": self.cases,
+            "problems": [
+                {"kind": p.kind, "where": p.where, "message": p.message, "severity": p.severity} for p in self.problems
+            ],
+        }
+
+
+# ------------------------------------------------------------------------------------------------ one case
+def _dims_problem(info: ImageInfo, spatial_dims: int) -> Problem | None:
+    nd = len(info.spatial_shape)
+    if nd == spatial_dims:
+        return None
+    what = {2: "a 2D image", 3: "a 3D volume"}.get(nd, f"a {nd}D image")
+    fix = "use the 2D bundle" if nd == 2 else "use the 3D bundle (or give 2D slices)"
+    return Problem(
+        "wrong_dims",
+        info.path,
+        f"is {what} (spatial shape {list(info.spatial_shape)}), but this bundle has spatial_dims={spatial_dims}. "
+        f"Fix: {fix}, or set spatial_dims to match the data.",
+    )
+
+
+def _content(item: Mapping[str, str], declared: set[int] | None) -> list[Problem]:
+    problems: list[Problem] = []
+    image, label = item["image"], item.get("label")
+    if not os.path.isdir(image):
+        arr = load_array(image)
+        if arr.dtype.kind in "fc":
+            n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+            if n_nan or n_inf:
+                problems.append(
+                    Problem(
+                        "non_finite",
+                        image,
+                        f"{n_nan} NaN and {n_inf} Inf voxel(s); expected finite intensities (they turn the whole "
+                        "normalised image and the loss into NaN). Fix: re-export the image, or replace them "
+                        "(e.g. np.nan_to_num(x, nan=background)) and check the conversion tool.",
+                    )
+                )
+    if label is None:
+        return problems
+    lab = load_array(label)
+    if lab.dtype.kind in "fc":
+        finite = np.isfinite(lab)
+        frac = ~finite | (lab != np.rint(np.where(finite, lab, 0)))
+        if frac.any():
+            examples = sorted({float(v) for v in np.unique(lab[frac])[:5]})
+            problems.append(
+                Problem(
+                    "float_labels",
+                    label,
+                    f"non-integer label values, e.g. {examples} ({int(frac.sum())} voxels); expected integer class "
+                    "indices. Fix: the label was probably resampled with linear interpolation; redo it with nearest "
+                    "neighbour, or re-save with np.rint(x).astype(np.uint8) if rounding is right.",
+                )
+            )
+        lab = np.rint(np.where(finite, lab, 0))
+    values = {int(v) for v in np.unique(lab)}
+    if declared is not None and values - declared:
+        bad = sorted(values - declared)
+        problems.append(
+            Problem(
+                "label_values",
+                label,
+                f"label values {bad} are not declared classes {sorted(declared)} (class_names has {len(declared)} "
+                "entries). Fix: remap those values, or declare the classes (class_names / out_channels).",
+            )
+        )
+    return problems
+
+
+def _case(item: Mapping[str, str], spatial_dims: int, in_channels: int, affine_tol: float) -> tuple[list[Problem], Any]:
+    problems: list[Problem] = []
+    infos: dict[str, ImageInfo] = {}
+    for key in ("image", "label"):
+        path = item.get(key)
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            found, info = dicom_info(path)
+            problems += found
+            if info is not None:
+                infos[key] = info
+            continue
+        try:
+            infos[key] = read_image_info(path)
+        except EOFError as e:
+            problems.append(Problem("truncated", path, f"{e}. Fix: copy or export the file again."))
+        except ValueError as e:
+            problems.append(Problem("unreadable", path, f"{e}. Fix: re-export or replace the file."))
+    img, lab = infos.get("image"), infos.get("label")
+    for info, role in ((img, "image"), (lab, "label")):
+        if info is None:
+            continue
+        if (p := _dims_problem(info, spatial_dims)) is not None:
+            problems.append(p)
+        want = in_channels if role == "image" else 1
+        if info.channels != want:
+            fix = "Fix: set in_channels to match, or give" if role == "image" else "Fix: give"
+            problems.append(
+                Problem(
+                    "wrong_channels",
+                    info.path,
+                    f"{role} has {info.channels} channel(s), expected {want}"
+                    f"{' (in_channels)' if role == 'image' else ' (one label map)'}. {fix} {want}-channel files.",
+                )
+            )
+    if img is not None and lab is not None:
+        if img.spatial_shape != lab.spatial_shape:
+            problems.append(
+                Problem(
+                    "shape_mismatch",
+                    lab.path,
+                    f"label shape {list(lab.spatial_shape)} differs from image {img.path} shape "
+                    f"{list(img.spatial_shape)}; expected the same voxel grid. Fix: resample the label onto the "
+                    "image grid (nearest neighbour) or pair the right files.",
+                )
+            )
+        elif (
+            img.affine is not None
+            and lab.affine is not None
+            and img.affine.shape == lab.affine.shape
+            and not np.allclose(img.affine, lab.affine, rtol=affine_tol, atol=affine_tol)
+        ):
+            diff = float(np.abs(img.affine - lab.affine).max())
+            problems.append(
+                Problem(
+                    "affine_mismatch",
+                    lab.path,
+                    f"label affine differs from image {img.path} affine by up to {diff:.4g} (tolerance "
+                    f"{affine_tol:g}); expected the same position/orientation/spacing, else image and label are "
+                    "resampled apart. Fix: if they share the grid, copy the image affine into the label header; "
+                    f"otherwise resample the label.\n      image {img.affine[:3].round(4).tolist()}\n      "
+                    f"label {lab.affine[:3].round(4).tolist()}",
+                )
+            )
+    return problems, img
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+def _resampled_size(img: ImageInfo, pixdim: Sequence[float] | None) -> list[int]:
+    """Voxels per axis after the transforms' RAS orientation (3D) and resampling to ``pixdim``."""
+    shape, spacing = list(img.spatial_shape), list(img.spacing)
+    if len(shape) == 3 and img.affine is not None and img.affine.shape == (4, 4):
+        import nibabel as nib
+
+        order = [int(a) for a in nib.orientations.io_orientation(img.affine)[:, 0]]
+        if sorted(order) == [0, 1, 2]:  # voxel axis i becomes RAS axis order[i]
+            shape, spacing = [shape[order.index(k)] for k in range(3)], [spacing[order.index(k)] for k in range(3)]
+    target = list(pixdim) if pixdim is not None else spacing
+    return [math.floor(n * s / t + 1e-6) for n, s, t in zip(shape, spacing, target, strict=False)]
+
+
+def check_dataset(
+    dataset_dir: str | Path,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    class_names: Sequence[str] | None = None,
+    patch_size: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
+    level: str = "full",
+    sections: Sequence[str] = ("training", "validation"),
+    affine_tol: float = 1e-3,
+    datalist: str | Path | None = None,
+) -> CheckReport:
+    """Check every case of a dataset and report all problems.
+
+    Args:
+        dataset_dir: MSD-style dataset folder (``dataset.json``, or ``imagesTr/`` + ``labelsTr/``).
+        spatial_dims: 2 or 3 (the bundle's ``spatial_dims``).
+        in_channels: image channels the network expects.
+        class_names: declared classes, background first (label values must be ``0..len-1``); None: the dataset's
+            ``dataset.json`` ``labels``, else values are not checked.
+        patch_size: training patch size; cases smaller than it after resampling get a warning (they are padded).
+        pixdim: target spacing of the transforms (for the patch-size warning); None = native grid.
+        level: ``headers`` (no voxel data read), ``full`` (also label values, NaN/Inf intensities) or ``off``.
+        sections: datalist sections to check.
+        affine_tol: allowed relative/absolute difference between image and label affines.
+        datalist: explicit ``dataset.json``.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"'level' must be one of {list(LEVELS)}, got {level!r}.")
+    report = CheckReport(str(dataset_dir))
+    if level == "off":
+        return report
+    lists, report.problems = scan_datalist(dataset_dir, sections, datalist)
+    items = [it for s in sections for it in lists.get(s, [])]
+    report.cases = len(items)
+    names = list(class_names) if class_names is not None else None
+    if names is None and (from_json := class_names_from_dataset(dataset_dir)) is not None:
+        names = [from_json[k] for k in sorted(from_json)]
+    declared = set(range(len(names))) if names is not None else None
+    small: list[tuple[str, list[int]]] = []
+    for item in items:
+        problems, img = _case(item, spatial_dims, in_channels, affine_tol)
+        report.problems += problems
+        if level == "full" and not problems:
+            try:
+                report.problems += _content(item, declared)
+            except Exception as e:  # a file that passed the header check but fails to decode
+                report.problems.append(Problem("unreadable", item["image"], f"cannot read voxel data: {e}."))
+        if img is not None and patch_size is not None and len(patch_size) == len(img.spatial_shape):
+            size = _resampled_size(img, pixdim)
+            if any(n < p for n, p in zip(size, patch_size, strict=True)):
+                small.append((case_id(item["image"]), size))
+    if small:
+        eg = ", ".join(f"{c} {s}" for c, s in small[:3])
+        report.problems.append(
+            Problem(
+                "small_image",
+                "patch_size",
+                f"{len(small)} of {len(items)} case(s) are smaller than patch_size {list(patch_size or [])} after "
+                f"resampling to pixdim {list(pixdim) if pixdim is not None else 'native'} (RAS order, before "
+                f"foreground cropping; e.g. {eg}); they are zero-padded to the patch (SpatialPadd), which works. "
+                "Fix if unintended: a smaller patch_size or a finer pixdim.",
+                "warning",
+            )
+        )
+    return report
+
+
+def network_stride(backbone: str = "resnet10") -> int:
+    """Total downsampling of a FlexibleUNet encoder: input sizes must be multiples of it."""
+    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+    entry = FLEXUNET_BACKBONE.register_dict.get(backbone)
+    return 2 ** int(entry["feature_number"]) if entry else 32
+
+
+def check_patch_size(patch_size: Sequence[int], spatial_dims: int = 3, backbone: str = "resnet10") -> list[Problem]:
+    """``patch_size`` must have ``spatial_dims`` entries, each a multiple of the network stride.
+
+    FlexibleUNet does not pad its input: a size that is not a multiple of the stride (32) fails inside the decoder
+    with ``Sizes of tensors must match`` (measured with MONAI 1.6.1), so this is an error, not a warning.
+    """
+    size = list(patch_size)
+    if len(size) != spatial_dims:
+        msg = f"must have {spatial_dims} entries (spatial_dims), got {size}."
+        return [Problem("patch_stride", "patch_size", msg)]
+    stride = network_stride(backbone)
+    bad = [i for i, n in enumerate(size) if int(n) % stride]
+    if not bad:
+        return []
+    fixed = [max(stride, int(round(n / stride)) * stride) for n in size]
+    return [
+        Problem(
+            "patch_stride",
+            "patch_size",
+            f"{size} is not a multiple of {stride} on axis {bad} ({backbone} FlexibleUNet downsamples by {stride} "
+            f"and does not pad its input; it would fail with 'Sizes of tensors must match'). Fix: e.g. "
+            f'--patch_size "{fixed}" (roi_size follows patch_size).',
+        )
+    ]
+
+
+def check_output_dirs(dirs: Sequence[str | Path]) -> list[Problem]:
+    """Each folder exists and is writable, or can be created (tested in its nearest existing parent; nothing is
+    left behind)."""
+    problems = []
+    for d in dirs:
+        existing = Path(d).absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_test_"):
+                pass
+        except OSError as e:
+            problems.append(
+                Problem(
+                    "output_not_writable",
+                    str(d),
+                    f"output folder is not writable ({type(e).__name__}: {e.strerror or e}); training writes "
+                    "checkpoints and logs there. Fix: pass a writable --output_dir / --ckpt_dir / --bundle_root.",
+                )
+            )
+    return problems
+
+
+def check_training_data(
+    dataset_dir: str | Path,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    class_names: Sequence[str] | None = None,
+    patch_size: Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
+    backbone: str = "resnet10",
+    level: str = "full",
+    output_dirs: Sequence[str | Path] = (),
+) -> CheckReport:
+    """Everything the bundle's ``training`` run checks before the trainer starts; raises on any error.
+
+    Header problems (missing/corrupt/truncated files, shapes, affines, dims, channels, duplicates), configuration
+    problems (patch size vs network stride, unwritable outputs) and, with ``level="full"``, label values and
+    NaN/Inf intensities. Warnings are logged.
+
+    Raises:
+        DataCheckError: listing every error (naming each file or key).
+    """
+    report = CheckReport(str(dataset_dir))
+    if patch_size is not None:
+        report.problems += check_patch_size(patch_size, spatial_dims, backbone)
+    report.problems += check_output_dirs(output_dirs)
+    if level != "off":
+        headers = check_dataset(dataset_dir, spatial_dims, in_channels, class_names, patch_size, pixdim, "headers")
+        report.problems += headers.problems
+        report.cases = headers.cases
+        if level == "full" and not report.errors:
+            full = check_dataset(dataset_dir, spatial_dims, in_channels, class_names, None, None, "full")
+            report.problems += [p for p in full.problems if p not in report.problems]
+    for p in report.warnings:
+        logger.warning("data check: %s", p)
+    if report.errors:
+        raise_for_cli(DataCheckError(report))
+    logger.info("data check (%s): %d case(s) in %s passed.", level, report.cases, dataset_dir)
+    return report

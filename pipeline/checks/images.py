@@ -1,0 +1,141 @@
+"""Reading image geometry for the checks: NIfTI headers (no voxel data), other formats via MONAI, DICOM series."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.data import Problem
+
+__all__ = ["ImageInfo", "check_dicom_folder", "dicom_info", "load_array", "read_image_info"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class ImageInfo:
+    """Geometry of an image file or DICOM series (from headers where possible)."""
+
+    path: str
+    spatial_shape: tuple[int, ...]
+    channels: int
+    affine: np.ndarray | None
+    spacing: tuple[float, ...]
+
+
+def _gzip_size_ok(path: str, expected: int) -> str | None:
+    """None if the gzip stream holds ``expected`` bytes, else the reason.
+
+    The gzip trailer stores the uncompressed size (mod 2**32): when it matches, nothing is decompressed. Otherwise
+    (truncated file, or a multi-member gzip) the stream is decompressed to be sure.
+    """
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if int.from_bytes(f.read(4), "little") == expected % 2**32:
+            return None
+    total = 0
+    try:
+        with gzip.open(path, "rb") as g:
+            while chunk := g.read(1 << 20):
+                total += len(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        return f"the gzip stream breaks off after about {total} of {expected} bytes ({type(e).__name__}: {e})"
+    return None if total >= expected else f"it decompresses to {total} bytes, the header needs {expected}"
+
+
+def read_image_info(path: str | Path) -> ImageInfo:
+    """Shape, channels and affine of an image file (NIfTI: header only) or DICOM series folder.
+
+    NIfTI axes 0-2 are space (a missing or 1-voxel axis 2 means a 2D image), axes 3+ are channels.
+
+    Raises:
+        ValueError: the file cannot be read or is truncated (message says which and why).
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        problems, info = dicom_info(path)
+        if info is None:
+            raise ValueError("; ".join(p.message for p in problems))
+        return info
+    if path.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            img: Any = nib.load(path)
+            shape = tuple(int(s) for s in img.shape)
+            expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
+        except Exception as e:  # nibabel raises many types for corrupt files
+            raise ValueError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
+        reason = (
+            _gzip_size_ok(path, expected)
+            if path.lower().endswith(".gz")
+            else (
+                None if os.path.getsize(path) >= expected else f"{os.path.getsize(path)} bytes, header needs {expected}"
+            )
+        )
+        if reason:
+            raise EOFError(f"truncated file: {reason}")
+        spatial = shape[:3]
+        while len(spatial) > 2 and spatial[-1] == 1:
+            spatial = spatial[:-1]
+        zooms = tuple(float(z) for z in img.header.get_zooms()[: len(spatial)])
+        return ImageInfo(path, spatial, int(np.prod(shape[3:])), np.asarray(img.affine, dtype=float), zooms)
+    from monai.data.utils import affine_to_spacing
+    from monai.transforms import LoadImage
+
+    try:
+        arr = LoadImage(image_only=True)(path)
+    except Exception as e:  # reader plugins raise many types
+        raise ValueError(f"not a readable image ({type(e).__name__}: {str(e)[:200]})") from e
+    spatial = tuple(int(s) for s in arr.meta.get("spatial_shape", arr.shape))
+    affine = np.asarray(arr.affine, dtype=float)
+    channels = int(np.prod(arr.shape)) // max(1, int(np.prod(spatial)))
+    return ImageInfo(path, spatial, channels, affine, tuple(float(s) for s in affine_to_spacing(affine, len(spatial))))
+
+
+def dicom_info(folder: str) -> tuple[list[Problem], ImageInfo | None]:
+    """Problems of a folder meant to hold one DICOM series, and its geometry when it is one regular volume."""
+    from pipeline.dicom import DicomError, find_dicom_series, is_dicom_candidate, series_geometry
+
+    files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and is_dicom_candidate(p))
+    series, unreadable, _ = find_dicom_series(files)
+    problems = [Problem("unreadable", f, reason) for f, reason in unreadable]
+    if not series:
+        return problems + [
+            Problem("unreadable", folder, "holds no DICOM image series (and is not an image file).")
+        ], None
+    if len(series) > 1:
+        parts = ", ".join(f"{s.uid} ({len(s.slices)} files, {s.modality} {s.description!r})" for s in series[:5])
+        msg = (
+            f"holds {len(series)} DICOM series mixed together: {parts}. Expected one series (one SeriesInstanceUID) "
+            "per image entry. Fix: move each series into its own folder and list them separately."
+        )
+        return problems + [Problem("dicom_mixed_series", folder, msg)], None
+    try:
+        slices, affine = series_geometry(series[0])
+    except DicomError as e:
+        return problems + [Problem("dicom_geometry", folder, f"{e} Fix: re-export the complete series.")], None
+    spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+    return problems, ImageInfo(folder, (slices[0].columns, slices[0].rows, len(slices)), 1, affine, spacing)
+
+
+def check_dicom_folder(folder: str | Path) -> list[Problem]:
+    """Problems of a folder that should hold exactly one DICOM series: unreadable files, mixed series, gaps."""
+    return dicom_info(str(folder))[0]
+
+
+def load_array(path: str) -> np.ndarray:
+    """Voxel data of an image file (NIfTI through nibabel, scaled; others through MONAI's ``LoadImage``)."""
+    if path.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(path).dataobj)  # type: ignore[attr-defined]
+    from monai.transforms import LoadImage
+
+    return np.asarray(LoadImage(image_only=True)(path))
