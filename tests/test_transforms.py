@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import logging
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import RandCropByLabelClassesd, RandCropByPosNegLabeld
+from monai.transforms import RandSpatialCropSamplesd
 
 from pipeline.data import load_split
-from pipeline.transforms import infer_transforms, intensity_transform, train_transforms, val_transforms
+from pipeline.transforms import (
+    ClassBalancedCropd,
+    PosNegCropd,
+    effective_ratios,
+    infer_transforms,
+    intensity_transform,
+    train_transforms,
+    val_transforms,
+)
 
 
 def test_train_chain_shapes(tiny_dataset_3d):
@@ -36,12 +47,14 @@ def test_image_smaller_than_patch_is_padded(tiny_dataset_3d):
     assert tuple(out[0]["image"].shape) == (1, 32, 32, 64)
 
 
-def _crafted_label() -> torch.Tensor:
-    """1x40x40x40 label with one interior block per class, far from the borders."""
-    label = torch.zeros(1, 40, 40, 40)
-    label[0, 10:20, 10:20, 10:20] = 1
-    label[0, 22:26, 10:30, 20:24] = 2
-    label[0, 28:30, 28:30, 28:30] = 3
+def _crafted_label(dims: int = 3, lesion: bool = True) -> torch.Tensor:
+    """1x40x40[x40] label with one interior block per class, far from the borders."""
+    label = torch.zeros(1, *([40] * dims))
+    s = (slice(10, 20), slice(10, 20), slice(10, 20))[:dims]
+    label[(0, *s)] = 1
+    label[(0, *(slice(22, 26), slice(10, 30), slice(20, 24))[:dims])] = 2
+    if lesion:
+        label[(0, *(slice(28, 30),) * dims)] = 3
     return label
 
 
@@ -49,44 +62,129 @@ def _sampler(chain, cls):
     return next(t for t in chain.transforms if isinstance(t, cls))
 
 
-@pytest.mark.parametrize("ratios", [[1, 1, 1, 1], [0, 1, 0, 3]])
-def test_class_sampling_follows_ratios(ratios):
-    chain = train_transforms(patch_size=(8, 8, 8), num_classes=4, ratios=ratios, num_samples=1, augment=False)
-    crop = _sampler(chain, RandCropByLabelClassesd)
-    crop.set_random_state(seed=0)
-    label = _crafted_label()
-    draws = 800
+def _centre_classes(crop: ClassBalancedCropd, label: torch.Tensor, draws: int) -> np.ndarray:
     counts = np.zeros(4)
+    indices = [np.flatnonzero(label[0].numpy().ravel() == c) for c in range(4)]
     for _ in range(draws):
-        crop.cropper.randomize(label)
+        crop.randomize(label, indices)
         for c in crop.cropper.centers:
             counts[int(label[(0, *[int(x) for x in c])])] += 1
-    expected = np.asarray(ratios, dtype=float) / sum(ratios)
-    observed = counts / counts.sum()
-    # binomial std at p=0.25, n=800 is 0.015: allow 4 sigma
-    np.testing.assert_allclose(observed, expected, atol=0.06)
+    return counts / counts.sum()
+
+
+@pytest.mark.parametrize(
+    ("dims", "lesion", "ratios", "expected"),
+    [
+        (3, True, [1, 1, 1, 1], [0.25, 0.25, 0.25, 0.25]),
+        (3, True, [0, 1, 0, 3], [0, 0.25, 0, 0.75]),
+        (2, True, [1, 1, 2, 4], [0.125, 0.125, 0.25, 0.5]),
+        # lesion absent: its share goes to the classes present, in their ratios
+        (3, False, [1, 1, 2, 4], [0.25, 0.25, 0.5, 0.0]),
+    ],
+)
+def test_class_sampling_follows_ratios(dims, lesion, ratios, expected):
+    patch = (8,) * dims
+    chain = train_transforms(
+        spatial_dims=dims, patch_size=patch, pixdim=None, ratios=ratios, num_samples=1, augment=False
+    )
+    crop = _sampler(chain, ClassBalancedCropd)
+    crop.set_random_state(seed=0)
+    # binomial std at p=0.5, n=800 is 0.018: 0.06 is > 3 sigma
+    np.testing.assert_allclose(_centre_classes(crop, _crafted_label(dims, lesion), 800), expected, atol=0.06)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "counts", "expected", "fallback"),
+    [
+        ([1, 1, 2, 4], [50, 10, 5, 1], [1, 1, 2, 4], None),
+        ([1, 1, 2, 4], [50, 10, 0, 0], [1, 1, 0, 0], None),
+        ([0, 0, 0, 1], [50, 10, 5, 0], [1, 0, 0, 0], "background"),
+        ([0, 1, 1, 1], [50, 0, 0, 0], [1, 0, 0, 0], "background"),
+        ([1, 0, 0, 0], [0, 10, 5, 0], [0, 1, 1, 0], "present"),
+        ([1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], "anywhere"),
+    ],
+)
+def test_effective_ratios(ratios, counts, expected, fallback):
+    assert effective_ratios(ratios, counts) == (expected, fallback)
 
 
 def test_posneg_sampling_follows_pos_neg():
     chain = train_transforms(patch_size=(8, 8, 8), num_classes=4, sampling="posneg", pos=3, neg=1, num_samples=1)
-    crop = _sampler(chain, RandCropByPosNegLabeld)
+    crop = _sampler(chain, PosNegCropd)
     crop.set_random_state(seed=0)
     label = _crafted_label()
+    flat = label[0].numpy().ravel()
+    fg_idx, bg_idx = np.flatnonzero(flat > 0), np.flatnonzero(flat == 0)
     fg = 0
     draws = 800
     for _ in range(draws):
-        crop.cropper.randomize(label)
+        crop.randomize(label, fg_idx, bg_idx)
         c = crop.cropper.centers[0]
         fg += int(label[(0, *[int(x) for x in c])] > 0)
     assert abs(fg / draws - 0.75) < 0.06
+
+
+def _write_case(folder, name: str, label: np.ndarray) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    paths = {}
+    for key, arr in (("image", rng.normal(100, 10, label.shape).astype(np.float32)), ("label", label)):
+        path = folder / f"{name}_{key}.nii.gz"
+        nib.save(nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+        paths[key] = str(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("sampling", "ratios", "dims"),
+    [("classes", [0, 1, 1, 1], 3), ("classes", [1, 1, 1, 1], 2), ("posneg", None, 3), ("uniform", None, 3)],
+)
+def test_all_background_case_gives_patches_and_names_the_file(tmp_path, caplog, sampling, ratios, dims):
+    shape = (20, 24, 12)[:dims]
+    item = _write_case(tmp_path, "empty_case", np.zeros(shape, dtype=np.uint8))
+    chain = train_transforms(
+        spatial_dims=dims, patch_size=(16,) * dims, pixdim=None, sampling=sampling, ratios=ratios, num_samples=3
+    )
+    chain.set_random_state(seed=0)
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms"):
+        out = chain(item)
+        chain(item)  # the warning is given once per file
+    assert len(out) == 3 and all(tuple(s["image"].shape) == (1, *(16,) * dims) for s in out)
+    assert all(int(s["label"].max()) == 0 for s in out)
+    named = [r.getMessage() for r in caplog.records if "empty_case_label.nii.gz" in r.getMessage()]
+    if sampling == "uniform":
+        assert not named
+    else:
+        assert named and len(named) == len(set(named)), named
+
+
+def test_missing_class_warning_names_class_and_file(tmp_path, caplog):
+    label = np.zeros((24, 24, 12), dtype=np.uint8)
+    label[4:12, 4:12, 2:8] = 1
+    item = _write_case(tmp_path, "no_lesion", label)
+    chain = train_transforms(
+        patch_size=(16, 16, 8), pixdim=None, ratios=[1, 1, 1, 1], num_samples=4, class_names=list("BOVL")
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.transforms"):
+        out = chain(item)
+    assert len(out) == 4
+    assert any("no_lesion_label.nii.gz" in m and "'V' (2), 'L' (3)" in m for m in caplog.messages), caplog.messages
+
+
+def test_uniform_sampling_is_the_baseline():
+    chain = train_transforms(patch_size=(8, 8, 8), sampling="uniform", num_samples=2)
+    assert isinstance(_sampler(chain, RandSpatialCropSamplesd), RandSpatialCropSamplesd)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"patch_size": (32, 32)}, "'patch_size' must have 3 entries"),
-        ({"sampling": "uniform"}, "Unknown 'sampling' 'uniform'; available"),
+        ({"sampling": "random"}, "Unknown 'sampling' 'random'; available"),
         ({"ratios": [1, 1]}, "'ratios' must have num_classes=4 entries"),
+        ({"ratios": [0, 0, 0, 0]}, r"'ratios' must be >= 0 with at least one > 0, got \[0, 0, 0, 0\]"),
+        ({"ratios": [1, -1, 1, 1]}, "'ratios' must be >= 0"),
+        ({"pos": 0, "neg": 0}, "'pos' and 'neg' must be >= 0 and not both 0"),
+        ({"class_names": ["a"]}, "'class_names' must have num_classes=4 entries"),
         ({"num_classes": 1}, "'num_classes' must be >= 2"),
     ],
 )
