@@ -12,7 +12,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo demo-2d clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +34,8 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m pipeline demo $(DEMO_DIR)
 
+demo-2d: $(STAMP)
+	$(PY) -m pipeline demo-2d $(DEMO_DIR)_2d
+
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)_2d .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,11 @@ Built for site archives of hundreds of studies, where one bad file must not lose
 Outputs mirror the input tree: ``<rel dir>/<case>_seg.nii.gz`` (``case`` from :func:`pipeline.data.case_id`) for a
 file and ``<rel dir of series>/<SeriesInstanceUID>_seg.nii.gz`` for a DICOM series; uint8, label value = output
 channel index (``channel_def``); optional ``_prob.nii.gz`` (float32, ``(X, Y, Z, C)``) and ``_seg.dcm`` (DICOM SEG).
+
+2D models (``spatial_dims=2``) also take PNG/JPEG/BMP, TIFF and ``.npy`` files of 1..N channels (read by
+:class:`pipeline.images2d.Image2DReader`) and write the mask in the input's family at the input's size: PNG for
+PNG/JPEG/BMP/``.npy``, TIFF for TIFF, NIfTI for NIfTI (``mask_format`` forces one); probabilities of a non-NIfTI input
+go to ``_prob.npy`` (float32, ``(C, H, W)``).
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from torch import nn
 
 from pipeline.data import IMAGE_SUFFIXES, DatalistError, case_id
 from pipeline.dicom import DicomError, DicomSeries, find_dicom_series, is_dicom_candidate, read_series, write_dicom_seg
+from pipeline.images2d.files import IMAGE_SUFFIXES_2D, MASK_SUFFIXES_2D, encode_mask_2d
 from pipeline.transforms import infer_transforms
 
 __all__ = [
     "EXIT_FAILURES",
     "EXIT_OK",
+    "MASK_FORMATS",
     "STAGES",
     "BatchInference",
     "Case",
@@ -64,6 +71,9 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILURES = 0, 3
 STAGES = ("discover", "read", "check", "preprocess", "infer", "write")
 BLEND_MODES = ("gaussian", "constant")
+MASK_FORMATS = {"auto": "", "nifti": ".nii.gz", "png": ".png", "tiff": ".tif"}
+_DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
+_EXTRA_2D_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES_2D if s not in IMAGE_SUFFIXES)
 TMP_MARK = ".partial-"
 _DONE = object()
 _UMASK = os.umask(0o022)
@@ -145,14 +155,24 @@ def _reason(e: BaseException) -> str:
     return (text if isinstance(e, (DicomError, _CaseError)) else f"{type(e).__name__}: {text}")[:600]
 
 
+def _case_name(path: str) -> str:
+    """:func:`pipeline.data.case_id`, also for the 2D suffixes it does not know (``.jpg``, ``.jpeg``, ``.bmp``)."""
+    name = os.path.basename(path)
+    for suffix in _EXTRA_2D_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return case_id(name[: -len(suffix)] + ".png")
+    return case_id(path)
+
+
 def find_cases(
-    input_dir: str | Path, exclude: str | Path | None = None
+    input_dir: str | Path, exclude: str | Path | None = None, suffixes: Sequence[str] = IMAGE_SUFFIXES
 ) -> tuple[list[Case], list[dict[str, str]], list[dict[str, str]]]:
     """Every image file and DICOM series under ``input_dir`` (recursive; hidden files/folders skipped).
 
     Args:
         input_dir: the archive folder.
         exclude: a folder not to search (the output folder, when it lies inside the input folder).
+        suffixes: image file endings (lower case); 2D models add ``.jpg``, ``.jpeg``, ``.bmp``.
 
     Returns:
         ``(cases, failures, ignored)``: cases sorted by path; ``{"input", "stage": "discover", "reason"}`` for
@@ -174,17 +194,17 @@ def find_cases(
         for fn in sorted(filenames):
             if fn.startswith("."):
                 continue
-            if fn.lower().endswith(IMAGE_SUFFIXES):
+            if fn.lower().endswith(tuple(suffixes)):
                 images.append(os.path.join(dirpath, fn))
             elif is_dicom_candidate(fn):
                 candidates.append(os.path.join(dirpath, fn))
-    cases = [Case(p, os.path.relpath(os.path.dirname(p), root), case_id(p), path=p) for p in images]
+    cases = [Case(p, os.path.relpath(os.path.dirname(p), root), _case_name(p), path=p) for p in images]
     series, unreadable, ignored = find_dicom_series(candidates)
     cases += [Case(f"{s.folder}#{s.uid}", os.path.relpath(s.folder, root), s.uid, series=s) for s in series]
     failures = [{"input": p, "stage": "discover", "reason": r} for p, r in unreadable]
     if not cases and not failures:
         raise DatalistError(
-            f"Input folder {str(root)!r} holds no image files ending in {list(IMAGE_SUFFIXES)} and no DICOM series."
+            f"Input folder {str(root)!r} holds no image files ending in {list(suffixes)} and no DICOM series."
         )
     return sorted(cases, key=lambda c: c.input), failures, [{"input": p, "reason": r} for p, r in ignored]
 
@@ -324,8 +344,9 @@ class BatchInference:
         in_channels: channels the network takes.
         class_names: names by label value: a list (index = value) or ``{value: name}``; C entries.
         preprocessing: an invertible chain starting ``LoadImaged, EnsureChannelFirstd`` (e.g. the bundle's
-            ``preprocessing``); None builds :func:`pipeline.transforms.infer_transforms` from ``pixdim``/``intensity``.
-        pixdim: target spacing (mm) when ``preprocessing`` is None; None keeps the native grid.
+            ``preprocessing``); None builds :func:`pipeline.transforms.infer_transforms` (3D) or
+            :func:`pipeline.images2d.infer_transforms_2d` (2D) from ``pixdim``/``intensity``.
+        pixdim: target spacing (mm) when ``preprocessing`` is None; None keeps the native grid (the default in 2D).
         intensity: intensity kwargs when ``preprocessing`` is None.
         inferer: e.g. the bundle's ``SlidingWindowInferer``; None builds one from the next four arguments.
         roi_size: sliding-window size, ``spatial_dims`` entries.
@@ -337,7 +358,10 @@ class BatchInference:
         probabilities: also write ``<case>_prob.nii.gz`` (float32, ``(*spatial, C)``, softmax in the input grid).
         dicom_seg: also write ``<uid>_seg.dcm`` (DICOM SEG, needs highdicom) for DICOM series.
         overwrite: redo cases whose outputs exist (default: skip them).
-        output_postfix: mask names end ``_<postfix>.nii.gz``.
+        output_postfix: mask names end ``_<postfix>.nii.gz`` (2D: ``_<postfix>.png``/``.tif`` too).
+        mask_format: ``auto`` (3D: NIfTI; 2D: the input's family, see the module docstring), ``nifti``, ``png`` or
+            ``tiff``.
+        channel_dim: channel axis of 2D ``.npy`` stacks when ``preprocessing`` is None (``auto``, 0, -1).
         progress: show a tqdm progress bar.
         prefetch: cases loaded / waiting to be written ahead of the model.
     """
@@ -350,7 +374,7 @@ class BatchInference:
         in_channels: int = 1,
         class_names: Sequence[str] | Mapping[int, str] | None = None,
         preprocessing: mt.Compose | None = None,
-        pixdim: Sequence[float] | None = (1.5, 1.5, 2.0),
+        pixdim: Sequence[float] | None = _DEFAULT_PIXDIM,
         intensity: Mapping[str, Any] | None = None,
         inferer: Inferer | None = None,
         roi_size: Sequence[int] = (64, 64, 32),
@@ -365,12 +389,16 @@ class BatchInference:
         output_postfix: str = "seg",
         progress: bool = True,
         prefetch: int = 2,
+        mask_format: str = "auto",
+        channel_dim: str | int = "auto",
     ) -> None:
         if mode not in BLEND_MODES:
             raise ValueError(f"'mode' must be one of {list(BLEND_MODES)}, got {mode!r}.")
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"'overlap' must be in [0, 1), got {overlap!r}.")
-        if len(roi_size) != spatial_dims:
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(f"'mask_format' must be one of {list(MASK_FORMATS)}, got {mask_format!r}.")
+        if inferer is None and len(roi_size) != spatial_dims:
             raise ValueError(f"'roi_size' must have {spatial_dims} entries (spatial_dims), got {list(roi_size)!r}.")
         if dicom_seg:
             try:
@@ -387,7 +415,17 @@ class BatchInference:
         self.network.to(self.device).eval()
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.spatial_dims, self.in_channels = spatial_dims, in_channels
-        pre = preprocessing if preprocessing is not None else infer_transforms(spatial_dims, pixdim, intensity)
+        if preprocessing is not None:
+            pre = preprocessing
+        elif spatial_dims == 2:
+            from pipeline.images2d import infer_transforms_2d
+
+            pixdim = None if pixdim is _DEFAULT_PIXDIM else pixdim
+            pre = infer_transforms_2d(in_channels, intensity, pixdim, channel_dim)
+        else:
+            pre = infer_transforms(spatial_dims, pixdim, intensity)
+        self.mask_format = mask_format
+        self.suffixes = IMAGE_SUFFIXES + _EXTRA_2D_SUFFIXES if spatial_dims == 2 else IMAGE_SUFFIXES
         self._load, self._after_load, self._tail = _split_preprocessing(pre)
         self._invert = mt.Invertd("pred", transform=self._tail, orig_keys="image", nearest_interp=False)
         self.inferer = inferer or SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode=mode)
@@ -397,9 +435,12 @@ class BatchInference:
     def outputs_for(self, case: Case, output_dir: str | Path) -> list[Path]:
         """Output paths of a case: mask first, then probabilities / DICOM SEG when asked for."""
         folder = Path(output_dir) / case.rel_dir
-        out = [folder / f"{case.name}_{self.postfix}.nii.gz"]
+        suffix = MASK_FORMATS[self.mask_format] or ".nii.gz"
+        if self.mask_format == "auto" and self.spatial_dims == 2 and case.path is not None:
+            suffix = next((m for s, m in MASK_SUFFIXES_2D.items() if case.path.lower().endswith(s)), suffix)
+        out = [folder / f"{case.name}_{self.postfix}{suffix}"]
         if self.probabilities:
-            out.append(folder / f"{case.name}_prob.nii.gz")
+            out.append(folder / f"{case.name}_prob{'.nii.gz' if suffix == '.nii.gz' else '.npy'}")
         if self.dicom_seg and case.series is not None:
             out.append(folder / f"{case.name}_{self.postfix}.dcm")
         return out
@@ -414,7 +455,7 @@ class BatchInference:
         out = Path(output_dir).resolve()
         out.mkdir(parents=True, exist_ok=True)
         report = InferenceReport(str(Path(input_dir).resolve()), str(out))
-        cases, failures, report.ignored = find_cases(input_dir, exclude=out)
+        cases, failures, report.ignored = find_cases(input_dir, exclude=out, suffixes=self.suffixes)
         for f in failures:
             logger.warning("%s failed at discover: %s", f["input"], f["reason"])
             report.add("failed", f)
@@ -490,7 +531,12 @@ class BatchInference:
             raise _CaseError(
                 "check",
                 f"image has {img.shape[0]} channels/volumes (shape {tuple(img.shape)}); the model takes "
-                f"in_channels={self.in_channels}. Split 4D series into single volumes.",
+                f"in_channels={self.in_channels}. "
+                + (
+                    "Split 4D series into single volumes."
+                    if self.spatial_dims == 3
+                    else "Use a model trained on that many channels, or convert the images (e.g. RGB to grey)."
+                ),
             )
         if min(spatial) < 2:
             raise _CaseError("check", f"spatial shape {spatial} has a single slice; not a {self.spatial_dims}D volume.")
@@ -524,10 +570,18 @@ class BatchInference:
         if tuple(pred.shape[1:]) != item.shape:
             raise _CaseError("write", f"inverted prediction has shape {tuple(pred.shape[1:])}, input {item.shape}.")
         labels = torch.argmax(pred, dim=0).to(torch.uint8).numpy()
-        _atomic_write(item.outputs[0], _nifti_chunks(labels, item.affine))
+        mask = item.outputs[0]
+        if mask.name.endswith(".nii.gz"):
+            _atomic_write(mask, _nifti_chunks(labels, item.affine))
+        else:
+            _atomic_write(mask, [encode_mask_2d(labels, mask.suffix)])
         for path in item.outputs[1:]:
             if path.name.endswith("_prob.nii.gz"):
                 _atomic_write(path, _nifti_chunks(np.moveaxis(pred.float().numpy(), 0, -1), item.affine))
+            elif path.name.endswith("_prob.npy"):
+                buf = io.BytesIO()
+                np.save(buf, pred.float().numpy())
+                _atomic_write(path, [buf.getvalue()])
             elif item.case.series is not None:
                 _atomic_write(path, [write_dicom_seg(item.case.series, labels, self.labels)])
         return [str(p) for p in item.outputs]
