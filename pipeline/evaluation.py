@@ -30,7 +30,8 @@ from monai.metrics import CumulativeIterationMetric
 from monai.metrics.meandice import compute_dice
 from monai.metrics.meaniou import compute_iou
 
-from pipeline.metrics import as_onehot, atomic_write_text, case_metrics, metric_dtype, write_evaluation
+from pipeline.atomic import write_text
+from pipeline.metrics import as_onehot, case_metrics, metric_dtype, write_evaluation
 
 __all__ = [
     "CaseMetricsWriter",
@@ -277,7 +278,7 @@ class CaseMetricsWriter:
             (engine.logger if engine else logger).warning("CaseMetricsWriter: no cases seen; nothing written")
             return
         paths = write_evaluation(rows, self.output_dir)
-        atomic_write_text(self.output_dir / "cases.json", json.dumps(sources, indent=2) + "\n")
+        write_text(self.output_dir / "cases.json", json.dumps(sources, indent=2) + "\n")
         (engine.logger if engine else logger).info("evaluation tables written: %s", paths["csv"].parent)
 
 

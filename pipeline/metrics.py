@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -39,13 +38,14 @@ from monai.metrics import (
 )
 from monai.networks.utils import one_hot
 
+from pipeline.atomic import write_text
+
 __all__ = [
     "COLUMNS",
     "DISTANCE_METRICS",
     "POOLED_METRICS",
     "SCORE_METRICS",
     "as_onehot",
-    "atomic_write_text",
     "metric_dtype",
     "case_metrics",
     "read_case_csv",
@@ -320,21 +320,6 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Evaluation summar
     return "\n".join(lines)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _csv_cell(v: Any) -> Any:
     if v is None:
         return ""
@@ -367,9 +352,9 @@ def write_evaluation(rows: Sequence[Mapping[str, Any]], output_dir: str | os.Pat
         writer.writerow({k: _csv_cell(r.get(k)) for k in COLUMNS})
     summary = summarize(rows)
     paths = {
-        "csv": atomic_write_text(out / "metrics_per_case.csv", buf.getvalue()),
-        "json": atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n"),
-        "md": atomic_write_text(out / "summary.md", summary_markdown(summary)),
+        "csv": write_text(out / "metrics_per_case.csv", buf.getvalue()),
+        "json": write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n"),
+        "md": write_text(out / "summary.md", summary_markdown(summary)),
     }
     logger.info("wrote %d rows for %d cases to %s", len(rows), summary["n_cases"], out)
     return paths

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from pipeline.metrics import atomic_write_text, read_case_csv, summary_markdown
+from pipeline.atomic import atomic_path, write_text
+from pipeline.metrics import read_case_csv, summary_markdown
 
 __all__ = [
     "best_and_worst",
@@ -41,14 +41,8 @@ Scalars = dict[str, list[tuple[int, float]]]
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -321,6 +315,6 @@ def build_report(
                 raise FileNotFoundError(f"comparison {label!r}: no summary.json in {folder}; evaluate that run first.")
             loaded[label] = json.loads(path.read_text())
         lines += ["## Comparison (mean Dice per class)", "", compare_markdown(loaded)]
-    atomic_write_text(md, "\n".join(lines))
+    write_text(md, "\n".join(lines))
     logger.info("report written to %s", md)
     return md

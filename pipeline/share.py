@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import atomic_path, write_text
 from pipeline.share_scan import (
     ZipLimits,
     check_zip_entries,
@@ -760,10 +761,8 @@ def _select(bundle: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def _write_zip(stage: Path, name: str, out: Path, force: bool) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w") as zf:
+        with atomic_path(out, overwrite=force) as tmp, zipfile.ZipFile(tmp, "w") as zf:
             for rel in _files(stage)[0]:
                 info = zipfile.ZipInfo(f"{name}/{rel}", date_time=_ZIP_TIME)
                 info.external_attr = 0o100644 << 16
@@ -771,18 +770,12 @@ def _write_zip(stage: Path, name: str, out: Path, force: bool) -> None:
                 size = (stage / rel).stat().st_size
                 with (stage / rel).open("rb") as src, zf.open(info, "w", force_zip64=size > 2**31) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-        if out.exists() and not force:
-            raise ShareError(f"{out} exists; refusing to overwrite. Pass --force or choose another -o.")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    except FileExistsError:
+        raise ShareError(f"{out} exists; refusing to overwrite. Pass --force or choose another -o.") from None
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=4) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=4) + "\n")
 
 
 def _pack_problems(bundle: Path, files: list[str], odd: list[str]) -> list[str]:

@@ -36,6 +36,7 @@ from monai.networks.nets.resnet import resnet_params
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from pipeline.atomic import write_text
 from pipeline.networks import UNUSED_STAGE, PretrainedUNet
 
 __all__ = [
@@ -106,15 +107,7 @@ class LoadReport:
 
     def to_json(self, path: _PathLike) -> Path:
         """Write the report as JSON (atomically); returns the path."""
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2))
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
 # ------------------------------------------------------------------------------------------------ reading sources
@@ -610,7 +603,7 @@ def write_drift_csv(rows: Sequence[LayerDrift], path: _PathLike) -> Path:
     writer.writerow(["order", "layer", "rel_change"])
     for i, row in enumerate(rows):
         writer.writerow([i, row.layer, f"{row.rel_change:.6g}"])
-    return _atomic_write(Path(path), buf.getvalue())
+    return write_text(Path(path), buf.getvalue())
 
 
 def plot_drift(rows: Sequence[LayerDrift], path: _PathLike, title: str = "Layer drift") -> Path:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_path
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
@@ -54,15 +56,10 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         CheckpointError: the write failed (e.g. disk full); the temp file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
         if not isinstance(e, OSError):
             raise
         hint = "the disk is full: free space" if e.errno == errno.ENOSPC else "check the folder's permissions and space"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import random
 import sys
 from collections.abc import Mapping
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.atomic import write_text
 
 __all__ = ["get_rng_state", "plain", "set_rng_state", "write_run_info"]
 
@@ -149,8 +150,4 @@ def write_run_info(
             info["history"] = [*old.pop("history", []), old]
         except (OSError, ValueError):
             pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(info, indent=2, default=str) + "\n")

@@ -123,7 +123,8 @@ def _run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from pipeline.metrics import atomic_write_text, case_metrics, summarize, write_evaluation
+    from pipeline.atomic import write_text
+    from pipeline.metrics import case_metrics, summarize, write_evaluation
 
     pairs, images, problems = _pair(args)
     if problems:
@@ -172,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         c: {"image": str(images[c]) if c in images else None, "label": str(lab), "pred": str(pred)}
         for c, (pred, lab) in pairs.items()
     }
-    atomic_write_text(args.out / "cases.json", json.dumps(sources, indent=2) + "\n")
+    write_text(args.out / "cases.json", json.dumps(sources, indent=2) + "\n")
     _print_summary(summarize(rows), len(pairs))
     print(f"wrote {paths['csv']}, {paths['json'].name}, {paths['md'].name}, cases.json")
     return 0
