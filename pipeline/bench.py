@@ -15,7 +15,9 @@ with the exact command and the machine, to the ``## training`` table of ``docs/b
 other modules register the same way; list those modules in :data:`BENCHMARK_MODULES` so the CLI imports them.
 
 Registered here: ``sampling`` (uniform vs class-balanced patch sampling at equal steps, per-class Dice on held-out
-cases; see ``docs/class-imbalance.md``).
+cases; see ``docs/class-imbalance.md``). ``pipeline.bench_speed`` registers ``train_step``, ``data``, ``frozen``,
+``infer``, ``all`` and ``malloc``, ``pipeline.bench_infer`` registers ``infer_path`` (ratios to the bare model; see
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.atomic import write_text
+
 __all__ = [
     "BENCHMARKS",
     "BENCHMARK_MODULES",
@@ -52,7 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BENCHMARK_MODULES: tuple[str, ...] = ("pipeline.bench",)
+BENCHMARK_MODULES: tuple[str, ...] = ("pipeline.bench", "pipeline.bench_speed", "pipeline.bench_infer")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
@@ -130,7 +134,7 @@ def write_result(result: BenchResult, out_dir: str | Path) -> Path:
     """``<out_dir>/<name>.json`` with everything in the result."""
     path = Path(out_dir) / f"{result.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(result), indent=2, default=str) + "\n")
+    write_text(path, json.dumps(asdict(result), indent=2, default=str) + "\n")
     return path
 
 
@@ -169,9 +173,7 @@ def append_to_doc(result: BenchResult, doc: str | Path = DOC) -> Path:
             lines[last + 1 : last + 1] = rows  # type: ignore[operator]
         else:
             lines[end:end] = ["", *header, *rows, ""]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(lines).rstrip("\n") + "\n")
-    return doc
+    return write_text(doc, "\n".join(lines).rstrip("\n") + "\n")
 
 
 def parse_arm(spec: str) -> dict[str, Any]:

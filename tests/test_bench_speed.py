@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +28,15 @@ def _tiny_args(dataset, out, *extra: str) -> list[str]:
 
 def test_benchmarks_are_registered():
     assert {"train_step", "data", "frozen", "infer", "all", "malloc"} <= set(BENCHMARKS)
+
+
+def test_cli_lists_every_benchmark_in_a_fresh_interpreter():
+    # this module imports pipeline.bench_speed itself, which hides a missing BENCHMARK_MODULES entry in-process
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in ("sampling", "train_step", "data", "frozen", "infer", "all", "malloc", "infer_path"):
+        assert f"    {name}" in out, f"{name} missing from `python -m pipeline bench --help`:\n{out}"
 
 
 def test_config_and_arguments_are_validated(tmp_path):
