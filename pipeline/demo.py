@@ -50,15 +50,18 @@ class DemoStepError(RuntimeError):
 class DemoSettings:
     """Budget of the demo; the defaults fit ≤ 10 minutes on 2 CPU cores (see README for real-data settings).
 
-    Site B is fine-tuned with three stages over ``epochs_site_b``: head + decoder first, then ``layer4`` at
-    LR×0.1 from a third of the way, then the whole encoder at LR×0.01 from two thirds; scratch gets the same
-    epochs.
+    With ``audit`` each site first runs ``python -m pipeline audit --write-override`` on its training data and
+    trains with the recommended class ratios and CE weights (both site B arms with site B's), as
+    ``docs/class-imbalance.md`` advises. Site B is fine-tuned with three stages over ``epochs_site_b``: head +
+    decoder first, then ``layer4`` at LR×0.1 from a third of the way, then the whole encoder at LR×0.01 from two
+    thirds; scratch gets the same epochs.
     """
 
     epochs_site_a: int = 60
     epochs_site_b: int = 30
     val_interval: int = 10
     seed: int = 0
+    audit: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def unfreeze_stages(self) -> list[dict[str, Any]]:
@@ -148,7 +151,8 @@ def _pipeline_command(*args: str) -> list[str]:
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns a summary dict (also written as ``demo_summary.json``).
 
-    Steps (each a command a user would type; see ``<out>/logs``): synthetic data → site A trains → site A
+    Steps (each a command a user would type; see ``<out>/logs``): synthetic data → class-balance audit of each
+    site → site A trains → site A
     evaluates → site A packs its bundle → site B verifies the zip → site B fine-tunes from it with staged
     unfreezing, and trains from scratch with the same epochs → both evaluated on site B's test cases → layer
     drift → batch inference over site B's images → ``report.md``.
@@ -172,9 +176,28 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         times[name] = run_bundle(cmd, logs / f"{name}.log")
         logger.info("%s done in %.0f s", name, times[name])
 
-    # --- site A: train, evaluate, pack
+    def balance(site: str, folder: Path) -> dict[str, Any]:
+        """The audit's recommended sampling/loss settings for ``folder`` (none when the demo skips the audit)."""
+        if not settings.audit:
+            return {}
+        override = out / f"audit_{site}" / "override.json"
+        step(
+            f"audit_{site}",
+            _pipeline_command(
+                "audit", str(folder), "--bundle", str(BUNDLE_3D), "--out", str(override.parent),
+                "--write-override", str(override),
+            ),
+        )  # fmt: skip
+        return dict(json.loads(override.read_text()))
+
+    # --- site A: audit, train, evaluate, pack
     bundle_a = stage_bundle(BUNDLE_3D, out / "bundle_site_A")
-    train_a = {"dataset_dir": str(site_a), "max_epochs": settings.epochs_site_a, "val_interval": settings.val_interval}
+    train_a: dict[str, Any] = {
+        "dataset_dir": str(site_a),
+        "max_epochs": settings.epochs_site_a,
+        "val_interval": settings.val_interval,
+    }
+    train_a.update(balance("site_A", site_a))
     step("train_site_A", bundle_command(bundle_a, "training", ["train.json"], {**train_a, **common}))
     eval_a = out / "eval_site_A_on_A"
     step(
@@ -189,7 +212,12 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
 
     # --- site B: verify, fine-tune vs scratch, evaluate both
     step("verify_at_site_B", _pipeline_command("verify", str(zip_a)))
-    train_b = {"dataset_dir": str(site_b), "max_epochs": settings.epochs_site_b, "val_interval": settings.val_interval}
+    train_b: dict[str, Any] = {
+        "dataset_dir": str(site_b),
+        "max_epochs": settings.epochs_site_b,
+        "val_interval": settings.val_interval,
+    }
+    train_b.update(balance("site_B", site_b))
     bundle_ft = stage_bundle(BUNDLE_3D, out / "bundle_site_B_finetuned")
     configure_bundle(bundle_ft, {"intensity": SITE_B_INTENSITY})
     step(

@@ -17,11 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs-b", type=int, default=DemoSettings.epochs_site_b, help="site B epochs (each arm)")
     parser.add_argument("--val-interval", type=int, default=DemoSettings.val_interval)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        help="train with the bundle's default sampling instead of each site's audit recommendation",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(
-        epochs_site_a=args.epochs_a, epochs_site_b=args.epochs_b, val_interval=args.val_interval, seed=args.seed
+        epochs_site_a=args.epochs_a,
+        epochs_site_b=args.epochs_b,
+        val_interval=args.val_interval,
+        seed=args.seed,
+        audit=args.audit,
     )
     start = time.perf_counter()
     print(f"demo: writing everything to {args.out} (each step's command and output in {args.out}/logs/)")
