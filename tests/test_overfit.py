@@ -68,7 +68,7 @@ def one_thread():
 @pytest.mark.slow
 def test_overfit_passes_on_clean_labels(tmp_path, one_thread):
     result = overfit(
-        BUNDLE_3D, _dataset(tmp_path / "clean"), cases=2, max_steps=80, target=0.9, eval_every=10, overrides=TINY
+        BUNDLE_3D, _dataset(tmp_path / "clean"), cases=2, max_steps=80, target=0.9, eval_every=20, overrides=TINY
     )
     print(result.summary(), result.history)
     assert result.passed, result.summary()
