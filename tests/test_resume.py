@@ -99,6 +99,14 @@ def test_epoch_checkpoints_are_atomic_pruned_and_weights_only(tmp_path):
     assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
 
 
+def test_every_n_epochs_saves_on_the_interval_and_after_the_last_epoch(tmp_path):
+    trainer, *_ = make_run(tmp_path, keep_last=10, every_n_epochs=3)
+    trainer.run(DATA, max_epochs=4)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
+    assert load_checkpoint(tmp_path / "checkpoint_epoch=4.pt")["reason"] == "completed"
+
+
 def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
     make_run(tmp_path)[0].run(DATA, max_epochs=1)
     with pytest.raises(CheckpointError, match=r"already holds checkpoints of an earlier run \(checkpoint_epoch=1.pt\)"):
