@@ -322,6 +322,9 @@ def test_untrusted_code_listed_and_trust(packed: Path, tmp_path: Path) -> None:
         ("$torch.load(@f, weights_only=False)", False),
         ("$monai.utils.optional_import('os')", False),
         ("$torch.hub.load('x', 'y')", False),
+        ("$from pipeline.atomic import write_text", False),
+        ("$pipeline.share.import_bundle('x.zip', '/tmp')", False),
+        ("$torch.save(@network_def.state_dict(), '/etc/x')", False),
     ],
 )
 def test_expression_table(expr: str, safe: bool) -> None:
@@ -336,6 +339,18 @@ def test_expression_table(expr: str, safe: bool) -> None:
         ("os.system", False),
         ("torch.os.system", False),
         ("eval", False),
+        # what the shipped bundles use
+        ("pipeline.transfer.param_groups", True),
+        ("pipeline.checkpoint.TrainingCheckpointer", True),
+        ("pipeline.inference.BatchInference", True),
+        # file writers and subprocess runners of our own package: a shared config could overwrite any file
+        ("pipeline.atomic.write_text", False),
+        ("pipeline.checkpoint.atomic_save", False),
+        ("pipeline.drift.write_drift_csv", False),
+        ("pipeline.demo.run_bundle", False),
+        ("pipeline.cli.main", False),
+        ("pipeline.synthetic.make_dataset", False),
+        ("torch.save", False),
     ],
 )
 def test_target_table(target: str, safe: bool) -> None:

@@ -1,0 +1,40 @@
+"""File types in a shared bundle: image data (by suffix or DICOM magic) and code, pickles or binaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DATA_SUFFIXES", "ALLOWED_SUFFIXES", "ALLOWED_PLAIN_NAMES", "data_file_reason", "file_type_reason"]
+
+DATA_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".npy", ".npz")
+ALLOWED_SUFFIXES = frozenset(
+    ".json .yaml .yml .conf .cfg .md .txt .rst .pt .pth .ts .onnx .safetensors .png .jpg .jpeg .gif .svg .pdf "  # noqa: SIM905
+    ".csv".split()
+)
+ALLOWED_PLAIN_NAMES = frozenset({"LICENSE", "NOTICE", "README", "AUTHORS", "CHANGELOG"})
+
+
+def data_file_reason(path: Path) -> str | None:
+    """Why ``path`` looks like image data (by suffix, or DICOM magic ``DICM`` at byte 128), else None."""
+    name = path.name.lower()
+    if name.endswith(DATA_SUFFIXES):
+        return f"image/array data ({name[name.index('.') :] if '.' in name else name})"
+    try:
+        with path.open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    return "DICOM file (magic 'DICM' at byte 128)" if head[128:132] == b"DICM" else None
+
+
+def file_type_reason(rel: str) -> str | None:
+    """Why a bundle file type is not expected in a shared bundle (code, pickles, binaries), else None."""
+    name = rel.rsplit("/", 1)[-1]
+    suffix = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
+    if suffix in ALLOWED_SUFFIXES or name.split(".")[0] in ALLOWED_PLAIN_NAMES:
+        return None
+    if suffix in (".py", ".pyc", ".pyd", ".so", ".dll", ".dylib", ".sh", ".bat", ".ps1", ".exe"):
+        return f"code file ({suffix}); it runs if a config imports or calls it"
+    if suffix in (".pkl", ".pickle", ".joblib", ".dill"):
+        return f"pickle file ({suffix}); loading it can run code"
+    return f"unexpected file type {suffix or '(no suffix)'!r}"
