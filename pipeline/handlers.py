@@ -31,15 +31,10 @@ import torch
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 from torch import nn
 
+from pipeline.drift import layer_drift, plot_drift, write_drift_csv
 from pipeline.networks import UNUSED_STAGE
-from pipeline.transfer import (
-    align_state_dict,
-    as_unet,
-    layer_drift,
-    plot_drift,
-    read_state_dict,
-    write_drift_csv,
-)
+from pipeline.pretrained_sources import align_state_dict, read_state_dict
+from pipeline.transfer import as_unet
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

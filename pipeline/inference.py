@@ -20,21 +20,22 @@ channel index (``channel_def``); optional ``_prob.nii.gz`` (float32, ``(X, Y, Z,
 :class:`pipeline.images2d.Image2DReader`) and write the mask in the input's family at the input's size: PNG for
 PNG/JPEG/BMP/``.npy``, TIFF for TIFF, NIfTI for NIfTI (``mask_format`` forces one); probabilities of a non-NIfTI input
 go to ``_prob.npy`` (float32, ``(C, H, W)``).
+
+Parts: :mod:`pipeline.inference_cases` (inputs, :func:`find_cases`), :mod:`pipeline.inference_report`
+(:class:`InferenceReport`, ``summary.json``/``failures.csv``, exit codes), :mod:`pipeline.inference_io` (encoding,
+atomic writes, temp clean-up), :mod:`pipeline.inference_model` (:func:`load_checkpoint`, the preprocessing split); this
+module holds the engine and its threads, and every public name is importable from here.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
-import os
 import queue
 import signal
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,23 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
-from pipeline.atomic import write_bytes
-from pipeline.data import IMAGE_SUFFIXES, DatalistError, case_id
-from pipeline.dicom import DicomError, DicomSeries, find_dicom_series, is_dicom_candidate, read_series, write_dicom_seg
-from pipeline.images2d.files import IMAGE_SUFFIXES_2D, MASK_SUFFIXES_2D, encode_mask_2d
+from pipeline.data import IMAGE_SUFFIXES
+from pipeline.dicom import read_series, write_dicom_seg
+from pipeline.images2d.files import MASK_SUFFIXES_2D, encode_mask_2d
+from pipeline.inference_cases import _EXTRA_2D_SUFFIXES, Case, find_cases
+from pipeline.inference_io import MASK_FORMATS, _atomic_write, _nifti_chunks, _remove_stale_temps
+from pipeline.inference_io import TMP_MARK as TMP_MARK
+from pipeline.inference_model import _default_device, _split_preprocessing, load_checkpoint
+from pipeline.inference_report import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    STAGES,
+    InferenceFailed,
+    InferenceReport,
+    _CaseError,
+    _reason,
+    write_reports,
+)
 from pipeline.transforms import infer_transforms
 
 __all__ = [
@@ -68,214 +82,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILURES = 0, 3
-STAGES = ("discover", "read", "check", "preprocess", "infer", "write")
 BLEND_MODES = ("gaussian", "constant")
-MASK_FORMATS = {"auto": "", "nifti": ".nii.gz", "png": ".png", "tiff": ".tif"}
 _DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
-_EXTRA_2D_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES_2D if s not in IMAGE_SUFFIXES)
-TMP_MARK = ".partial-"
 _DONE = object()
-
-
-class InferenceFailed(RuntimeError):
-    """Raised by :meth:`InferenceReport.raise_if_failed` (bundle runs) when some inputs failed."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One input: a NIfTI (or other image) file, or a DICOM series.
-
-    ``input`` names it in the reports: the file path, or ``<series folder>#<SeriesInstanceUID>``.
-    """
-
-    input: str
-    rel_dir: str
-    name: str
-    path: str | None = None
-    series: DicomSeries | None = None
-
-
-@dataclass
-class InferenceReport:
-    """What a run did; ``summary.json`` and ``failures.csv`` hold the same."""
-
-    input_dir: str
-    output_dir: str
-    processed: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    ignored: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def exit_code(self) -> int:
-        """``0`` when every input was processed or skipped, ``3`` when some failed."""
-        return EXIT_FAILURES if self.failed else EXIT_OK
-
-    def add(self, status: str, entry: dict[str, Any]) -> None:
-        with self._lock:
-            getattr(self, status).append(entry)
-
-    def raise_if_failed(self) -> InferenceReport:
-        if self.failed:
-            raise InferenceFailed(
-                f"{len(self.failed)} input(s) failed, e.g. {self.failed[0]['input']} ({self.failed[0]['stage']}: "
-                f"{self.failed[0]['reason']}); all reasons are in {Path(self.output_dir) / 'failures.csv'}."
-            )
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        counts = {k: len(getattr(self, k)) for k in ("processed", "skipped", "failed", "ignored")}
-        return {
-            "input_dir": self.input_dir,
-            "output_dir": self.output_dir,
-            "counts": counts,
-            "interrupted": self.interrupted,
-            "seconds": round(self.seconds, 3),
-            **{k: getattr(self, k) for k in ("processed", "skipped", "failed", "ignored")},
-        }
-
-
-class _CaseError(Exception):
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(reason)
-        self.stage, self.reason = stage, reason
-
-
-def _reason(e: BaseException) -> str:
-    """The root cause of ``e`` (MONAI wraps transform errors in 'applying transform ...'), on one line."""
-    while e.__cause__ is not None and "applying transform" in str(e):
-        e = e.__cause__
-    text = " ".join(str(e).split()) or type(e).__name__
-    return (text if isinstance(e, (DicomError, _CaseError)) else f"{type(e).__name__}: {text}")[:600]
-
-
-def _case_name(path: str) -> str:
-    """:func:`pipeline.data.case_id`, also for the 2D suffixes it does not know (``.jpg``, ``.jpeg``, ``.bmp``)."""
-    name = os.path.basename(path)
-    for suffix in _EXTRA_2D_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return case_id(name[: -len(suffix)] + ".png")
-    return case_id(path)
-
-
-def find_cases(
-    input_dir: str | Path, exclude: str | Path | None = None, suffixes: Sequence[str] = IMAGE_SUFFIXES
-) -> tuple[list[Case], list[dict[str, str]], list[dict[str, str]]]:
-    """Every image file and DICOM series under ``input_dir`` (recursive; hidden files/folders skipped).
-
-    Args:
-        input_dir: the archive folder.
-        exclude: a folder not to search (the output folder, when it lies inside the input folder).
-        suffixes: image file endings (lower case); 2D models add ``.jpg``, ``.jpeg``, ``.bmp``.
-
-    Returns:
-        ``(cases, failures, ignored)``: cases sorted by path; ``{"input", "stage": "discover", "reason"}`` for
-        DICOM files that cannot be parsed; ``{"input", "reason"}`` for DICOM objects that are not images.
-
-    Raises:
-        DatalistError: the folder does not exist or holds neither image files nor DICOM.
-    """
-    root = Path(input_dir).resolve()
-    if not root.is_dir():
-        raise DatalistError(
-            f"Input folder {str(root)!r} does not exist; expected a folder of NIfTI files/DICOM series."
-        )
-    skip = Path(exclude).resolve() if exclude is not None else None
-    images: list[str] = []
-    candidates: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != skip)
-        for fn in sorted(filenames):
-            if fn.startswith("."):
-                continue
-            if fn.lower().endswith(tuple(suffixes)):
-                images.append(os.path.join(dirpath, fn))
-            elif is_dicom_candidate(fn):
-                candidates.append(os.path.join(dirpath, fn))
-    cases = [Case(p, os.path.relpath(os.path.dirname(p), root), _case_name(p), path=p) for p in images]
-    series, unreadable, ignored = find_dicom_series(candidates)
-    cases += [Case(f"{s.folder}#{s.uid}", os.path.relpath(s.folder, root), s.uid, series=s) for s in series]
-    failures = [{"input": p, "stage": "discover", "reason": r} for p, r in unreadable]
-    if not cases and not failures:
-        raise DatalistError(
-            f"Input folder {str(root)!r} holds no image files ending in {list(suffixes)} and no DICOM series."
-        )
-    return sorted(cases, key=lambda c: c.input), failures, [{"input": p, "reason": r} for p, r in ignored]
-
-
-def load_checkpoint(network: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights with ``torch.load(weights_only=True)``: a state dict, or a dict holding one under
-    ``model``/``network``/``state_dict`` (a DDP ``module.`` prefix is removed).
-
-    Raises:
-        FileNotFoundError: no file (the message says to train the bundle or pass ``--checkpoint``).
-        ValueError: not loadable safely, or the weights do not fit ``network``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No model weights at {path}: train the bundle first (python -m monai.bundle run training ...) "
-            "or pass --checkpoint PATH."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"{path}: cannot be loaded with weights_only=True ({_reason(e)}); save a plain state dict."
-        ) from e
-    if isinstance(obj, Mapping):
-        for key in ("model", "network", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{path}: expected a state dict (or one under 'model'/'network'/'state_dict'), got {type(obj)}."
-        )
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(
-            f"{path}: weights do not fit network_def ({' '.join(str(e).split())[:500]}). Fix: use the configs the "
-            "checkpoint was trained with (backbone, decoder_channels, class_names) or the matching checkpoint."
-        ) from e
-    return network
-
-
-def _gzip_chunks(raw: bytes, level: int = 1, chunk: int = 1 << 22) -> Iterator[bytes]:
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container, header mtime 0 (reproducible bytes)
-    view = memoryview(raw)
-    for i in range(0, len(raw), chunk):
-        yield comp.compress(view[i : i + chunk])
-    yield comp.flush()
-
-
-def _nifti_chunks(array: np.ndarray, affine: np.ndarray) -> Iterator[bytes]:
-    """``array`` as a gzipped NIfTI-1 with ``affine`` as sform and qform (code 1, scanner), in chunks."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_sform(affine, code=1)
-    img.header.set_qform(affine, code=1)
-    img.header.set_xyzt_units("mm")
-    return _gzip_chunks(img.to_bytes())
-
-
-def _atomic_write(path: Path, chunks: Iterable[bytes]) -> Path:
-    """:func:`pipeline.atomic.write_bytes` with this module's temp marker, which ``_remove_stale_temps`` finds."""
-    return write_bytes(path, chunks, marker=TMP_MARK)
-
-
-def _remove_stale_temps(out: Path) -> None:
-    for p in out.rglob(f".*{TMP_MARK}*"):
-        if p.is_file():
-            logger.info("removing %s left by an earlier run that was killed", p)
-            p.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -670,30 +479,5 @@ class BatchInference:
             bar.close()
 
     def _write_reports(self, report: InferenceReport) -> None:
-        out = Path(report.output_dir)
         model = {"checkpoint": self.checkpoint, "labels": {str(k): v for k, v in sorted(self.labels.items())}}
-        summary = {**report.to_dict(), "model": model}
-        _atomic_write(out / "summary.json", [json.dumps(summary, indent=2).encode() + b"\n"])
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["input", "stage", "reason"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(report.failed)
-        _atomic_write(out / "failures.csv", [buf.getvalue().encode()])
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _split_preprocessing(pre: mt.Compose) -> tuple[mt.Compose, mt.Compose, mt.Compose]:
-    """``(load, after_load, tail)``: the leading ``LoadImaged``/``EnsureChannelFirstd`` (from files), the same
-    without ``LoadImaged`` (for volumes read from DICOM), and the rest, which is what gets inverted."""
-    chain = list(pre.flatten().transforms)
-    n = 0
-    while n < len(chain) and isinstance(chain[n], (mt.LoadImaged, mt.EnsureChannelFirstd)):
-        n += 1
-    if not chain or not isinstance(chain[0], mt.LoadImaged):
-        names = [type(t).__name__ for t in chain[:3]]
-        raise ValueError(f"'preprocessing' must start with LoadImaged (then EnsureChannelFirstd), got {names}.")
-    head = chain[:n]
-    return mt.Compose(head), mt.Compose([t for t in head if not isinstance(t, mt.LoadImaged)]), mt.Compose(chain[n:])
+        write_reports(report, model)

@@ -1,43 +1,28 @@
 """Transfer learning: load local pretrained weights into a PretrainedUNet, freeze stages, build param groups, drift.
 
-Loading maps the source naming onto ours (``encoder.*``, ``decoder.*``, ``segmentation_head.*``):
-
-=====================  ====================================================  ==================================
-source                 example key                                           becomes
-=====================  ====================================================  ==================================
-FlexibleUNet / bundle  ``encoder.layer1.0.conv1.weight``                     unchanged
-MONAI / torchvision    ``layer1.0.conv1.weight``, ``conv1.weight``           ``encoder.`` + key
-ResNet
-MedicalNet             ``module.layer1.0.conv1.weight``                      ``module.`` dropped, then as above
-EfficientNet-PyTorch   ``_blocks.5._expand_conv.weight``                     ``encoder._blocks.3.5._expand_...``
-=====================  ====================================================  ==================================
-
-Everything is read with ``torch.load(..., weights_only=True)`` or ``safetensors``; nothing is downloaded.
+Reading sources and mapping their key names (MONAI, torchvision ResNet, MedicalNet, EfficientNet-PyTorch) live in
+:mod:`pipeline.pretrained_sources`, layer drift in :mod:`pipeline.drift`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-import math
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from monai.networks.nets.resnet import resnet_params
 from monai.networks.utils import copy_model_state
 from torch import nn
 
 from pipeline.atomic import write_text
+from pipeline.drift import LayerDrift, layer_drift, plot_drift, write_drift_csv
 from pipeline.networks import UNUSED_STAGE, PretrainedUNet
+from pipeline.pretrained_sources import _SCOPES, _layout, align_state_dict, bundle_class_names, read_state_dict
 
 __all__ = [
     "DEFAULT_EXCLUDE",
@@ -62,11 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: classifier heads of ImageNet / MedicalNet checkpoints (searched in source keys, ``module.`` removed)
 DEFAULT_EXCLUDE: tuple[str, ...] = (r"^fc\.", r"^conv_seg\.", r"^classifier\.")
-_CHECKPOINT_KEYS = ("network", "model", "state_dict", "model_state_dict", "net")
 _STEM_KEYS = ("encoder.conv1.weight", "encoder._conv_stem.weight")
 _HEAD_W, _HEAD_B = "segmentation_head.0.weight", "segmentation_head.0.bias"
-_SCOPES = ("encoder.", "decoder.", "segmentation_head.")
-_UNUSED_DRIFT = r"^(module\.)?encoder\.(_conv_head|_bn1|_fc)\."
 _PathLike = str | os.PathLike
 
 
@@ -110,133 +92,7 @@ class LoadReport:
         return write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
 
-# ------------------------------------------------------------------------------------------------ reading sources
-def _bundle_member(zf: zipfile.ZipFile, suffix: str) -> str | None:
-    names = [n for n in zf.namelist() if n == suffix or n.endswith("/" + suffix)]
-    return min(names, key=len) if names else None
-
-
-def _torch_load(f: Any, name: str) -> Any:
-    try:
-        return torch.load(f, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(
-            f"{name}: not loadable with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:200]}). "
-            "Expected a state dict of tensors. Fix: re-save it with torch.save(model.state_dict(), path)."
-        ) from e
-
-
-def _extract_state(obj: Any, name: str) -> dict[str, torch.Tensor]:
-    for _ in range(3):  # unwrap {"network": {...}}, {"state_dict": {...}}, ...
-        if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        key = next((k for k in _CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if key is None:
-            break
-        obj = obj[key]
-    state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
-    if not state:
-        got = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
-            f"{name}: no tensors found. Expected a state dict, or a checkpoint dict with one of the keys "
-            f"{list(_CHECKPOINT_KEYS)}; got {got}. Fix: point to the model weights file."
-        )
-    return state
-
-
-def read_state_dict(source: _PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a bundle directory or zip (``models/model.pt``), a ``.pt``/``.pth`` file (plain state
-    dict or checkpoint dict with a ``network``/``model``/``state_dict`` key) or a ``.safetensors`` file."""
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"Pretrained source {str(path)!r} does not exist. Expected a bundle directory or zip, or a "
-            ".pt/.pth/.safetensors file. Fix: check the path."
-        )
-    if path.is_dir():
-        for rel in ("models/model.pt", "models/model.safetensors", "models/model.pth"):
-            if (path / rel).is_file():
-                return read_state_dict(path / rel)
-        found = sorted(p.name for p in (path / "models").glob("*")) if (path / "models").is_dir() else []
-        raise FileNotFoundError(
-            f"Bundle directory {str(path)!r}: expected models/model.pt, found models/ = {found}. "
-            "Fix: train or import the bundle first, or pass the checkpoint file itself."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            member = _bundle_member(zf, "models/model.pt")
-            if member is not None:  # a bundle zip (a torch .pt file is a zip too, without this member)
-                return _extract_state(_torch_load(io.BytesIO(zf.read(member)), f"{path}!{member}"), f"{path}!{member}")
-            if path.suffix == ".zip":
-                raise FileNotFoundError(
-                    f"Bundle zip {str(path)!r}: expected a member '<bundle>/models/model.pt', found none. "
-                    "Fix: pack the bundle with its trained weights (python -m pipeline pack)."
-                )
-    return _extract_state(_torch_load(path, str(path)), str(path))
-
-
-def bundle_class_names(source: _PathLike) -> list[str] | None:
-    """Class names from a bundle's ``configs/metadata.json`` (``network_data_format.outputs.pred.channel_def``)."""
-    path = Path(source)
-    try:
-        if path.is_dir():
-            meta = json.loads((path / "configs" / "metadata.json").read_text(encoding="utf-8"))
-        elif zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                member = _bundle_member(zf, "configs/metadata.json")
-                if member is None:
-                    return None
-                meta = json.loads(zf.read(member))
-        else:
-            return None
-        channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-        return [str(channel_def[str(i)]) for i in range(len(channel_def))]
-    except (OSError, KeyError, ValueError, TypeError):
-        return None
-
-
-# ------------------------------------------------------------------------------------------------ key mapping
-def align_state_dict(
-    state: Mapping[str, torch.Tensor], target_keys: Iterable[str]
-) -> tuple[str, list[tuple[str, str, str, torch.Tensor]]]:
-    """Map source key names onto FlexibleUNet names.
-
-    Returns:
-        ``(format, [(source_key, source_key_without_module_prefix, target_key, tensor), ...])``.
-    """
-    keys = list(state)
-    strip = "module." if keys and all(k.startswith("module.") for k in keys) else ""
-    names = [k[len(strip) :] for k in keys]
-    if any(n.startswith(_SCOPES) for n in names):
-        fmt, rename = "flexibleunet", (lambda n: n)
-    elif any(n.startswith(("_conv_stem.", "_blocks.")) for n in names):
-        if any(re.match(r"_blocks\.\d+\.\d+\.", n) for n in names):
-            fmt, rename = "monai-efficientnet", (lambda n: "encoder." + n)
-        else:
-            stack = {}  # global block index -> MONAI stack index, read off the target names
-            for t in target_keys:
-                m = re.match(r"encoder\._blocks\.(\d+)\.(\d+)\.", t)
-                if m:
-                    stack[m.group(2)] = m.group(1)
-
-            def rename(n: str) -> str:
-                m = re.match(r"_blocks\.(\d+)\.(.*)", n)
-                return (
-                    f"encoder._blocks.{stack.get(m.group(1), '?')}.{m.group(1)}.{m.group(2)}" if m else "encoder." + n
-                )
-
-            fmt = "efficientnet-pytorch"
-    elif any(n.startswith(("conv1.", "layer1.")) for n in names):
-        fmt, rename = ("medicalnet-resnet" if strip else "resnet"), (lambda n: "encoder." + n)
-    else:
-        fmt, rename = "unknown", (lambda n: n)
-    return fmt, [(k, n, rename(n), state[k]) for k, n in zip(keys, names, strict=True)]
-
-
+# ------------------------------------------------------------------------------------------------ input channels
 def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Adapt a stem kernel ``(C_out, C_in_old, *k)`` to ``(C_out, in_channels, *k)``.
 
@@ -255,22 +111,6 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
     idx = torch.arange(in_channels) % old
     counts = torch.bincount(idx, minlength=old).to(weight.dtype)[idx]
     return weight[:, idx] / counts.view(1, -1, *([1] * (weight.dim() - 2)))
-
-
-def _layout(keys: Iterable[str]) -> str:
-    blocks: dict[str, int] = {}
-    bottleneck = False
-    for k in keys:
-        m = re.match(r"encoder\.(layer\d|_blocks\.\d+)\.(\d+)\.", k)
-        if m:
-            blocks[m.group(1)] = max(blocks.get(m.group(1), 0), int(m.group(2)) + 1)
-            bottleneck |= ".conv3." in k
-    if not blocks or not any(k.startswith("layer") for k in blocks):
-        return f"{len(blocks)} block stacks" if blocks else "no encoder blocks"
-    layers = [blocks.get(f"layer{i}", 0) for i in range(1, 5)]
-    kind = "bottleneck" if bottleneck else "basic"
-    name = next((n for n, p in resnet_params.items() if p[1] == layers and p[0] == kind), "unknown resnet")
-    return f"{name}-like ({layers} {kind} blocks)"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -540,86 +380,3 @@ def param_groups(
             group["weight_decay"] = weight_decay
         groups.append(group)
     return groups
-
-
-# ------------------------------------------------------------------------------------------------ drift
-class LayerDrift(NamedTuple):
-    """Relative change of one layer: ``||W_after - W_before|| / ||W_before||`` over its weight and bias."""
-
-    layer: str
-    rel_change: float
-
-
-def _state_of(obj: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    return _unwrap(obj).state_dict() if isinstance(obj, nn.Module) else obj
-
-
-def layer_drift(
-    before_state: nn.Module | Mapping[str, torch.Tensor],
-    after_state: nn.Module | Mapping[str, torch.Tensor],
-    exclude: str | None = _UNUSED_DRIFT,
-) -> list[LayerDrift]:
-    """Per-layer relative weight change, ordered input -> output (the order of ``after_state``).
-
-    A layer is a key prefix (``encoder.layer1.0.conv1``); its weight and bias are measured together. Norm running
-    statistics and keys missing or shaped differently on one side are skipped. A layer whose ``before`` weights
-    are all zero gets ``inf`` if it changed, else 0.
-    """
-    before, after = _state_of(before_state), _state_of(after_state)
-    pattern = re.compile(exclude) if exclude else None
-    sums: dict[str, list[float]] = {}
-    skipped = 0
-    for key, a in after.items():
-        if key.endswith(("running_mean", "running_var", "num_batches_tracked")) or not a.is_floating_point():
-            continue
-        if pattern is not None and pattern.search(key):
-            continue
-        b = before.get(key)
-        if b is None or b.shape != a.shape:
-            skipped += 1
-            continue
-        b64, a64 = b.detach().double().cpu(), a.detach().double().cpu()
-        acc = sums.setdefault(key.rsplit(".", 1)[0], [0.0, 0.0])
-        acc[0] += float((a64 - b64).pow(2).sum())
-        acc[1] += float(b64.pow(2).sum())
-    if not sums:
-        raise ValueError(
-            f"layer_drift: no parameter names in common (before has e.g. {list(before)[:3]}, after has "
-            f"{list(after)[:3]}). Fix: compare checkpoints of the same network, or align names with align_state_dict."
-        )
-    if skipped:
-        logger.info("layer_drift: %d tensors missing or reshaped on one side were skipped.", skipped)
-    rows = []
-    for layer, (d2, w2) in sums.items():
-        rel = math.sqrt(d2) / math.sqrt(w2) if w2 > 0 else (math.inf if d2 > 0 else 0.0)
-        rows.append(LayerDrift(layer, rel))
-    return rows
-
-
-def write_drift_csv(rows: Sequence[LayerDrift], path: _PathLike) -> Path:
-    """Write ``order,layer,rel_change`` rows (input -> output) as CSV."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["order", "layer", "rel_change"])
-    for i, row in enumerate(rows):
-        writer.writerow([i, row.layer, f"{row.rel_change:.6g}"])
-    return write_text(Path(path), buf.getvalue())
-
-
-def plot_drift(rows: Sequence[LayerDrift], path: _PathLike, title: str = "Layer drift") -> Path:
-    """Bar chart of relative change per layer (input -> output) as PNG (matplotlib Agg, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    values = [r.rel_change if math.isfinite(r.rel_change) else float("nan") for r in rows]
-    fig = Figure(figsize=(min(max(6.0, 0.18 * len(rows)), 40.0), 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(range(len(rows)), values, color="tab:blue")
-    ax.set_xticks(range(len(rows)), [r.layer for r in rows], rotation=90, fontsize=5 if len(rows) > 40 else 7)
-    ax.set_ylabel("||W_after - W_before|| / ||W_before||")
-    ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
