@@ -198,6 +198,11 @@ class BatchInference:
                 import highdicom  # noqa: F401
             except ImportError as e:
                 raise ImportError("--dicom-seg needs highdicom: pip install 'pipeline[dicom-seg]'.") from e
+        if isinstance(class_names, str):
+            raise ValueError(
+                f"'class_names' must be a list of names (index = label value) or a {{value: name}} mapping, got the "
+                f"string {class_names!r}; e.g. ['background', {class_names!r}]."
+            )
         names = dict(enumerate(class_names)) if isinstance(class_names, Sequence) else dict(class_names or {})
         self.labels: dict[int, str] = {int(k): str(v) for k, v in names.items()}
         self.device = torch.device(device) if device is not None else _default_device()

@@ -246,6 +246,11 @@ def load_pretrained(
         src_out, tgt_out = head_w.shape[0], target[_HEAD_W].shape[0]
         pairs = _class_pairs(class_mapping, source_class_names, target_class_names, src_out, tgt_out)
         reset_head = pairs is not None or src_out != tgt_out
+    elif class_mapping:
+        logger.warning(
+            "%s: 'class_mapping' %s ignored: the source has no segmentation head to copy from (excluded or missing).",
+            source, dict(class_mapping),
+        )  # fmt: skip
     if reset_head:
         tn, sn = target_class_names, source_class_names
         copied = [f"{tn[t] if tn else t}<-{sn[s] if sn else s}" for t, s in pairs or []]

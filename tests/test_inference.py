@@ -289,3 +289,9 @@ def test_bundle_model_loading(tiny_bundle, tmp_path):
         inference.InferenceReport(
             "in", "out", failed=[{"input": "x", "stage": "read", "reason": "r"}]
         ).raise_if_failed()
+
+
+def test_class_names_as_one_string_is_refused():
+    # a str is a Sequence: without the check "lesion" would become six labels l, e, s, ...
+    with pytest.raises(ValueError, match=r"'class_names' must be a list of names .* got the string 'lesion'"):
+        BatchInference(_threshold_net(), class_names="lesion", device="cpu")

@@ -175,6 +175,16 @@ def test_head_adaptation_by_class_names(tmp_path):
         load_pretrained(net2, bundle, class_mapping={"tumour": "liver"}, target_class_names=["background", "tumour"])
 
 
+def test_class_mapping_without_a_source_head_is_not_silent(tmp_path, caplog):
+    bundle = write_bundle(tmp_path / "site_a", unet(cout=3), ["background", "organ", "vessel"])
+    with caplog.at_level("WARNING", logger="pipeline.transfer"):
+        load_pretrained(
+            unet(cout=2), bundle, exclude=["segmentation_head"], class_mapping={"tumour": "vessel"},
+            target_class_names=["background", "tumour"],
+        )  # fmt: skip
+    assert "'class_mapping' {'tumour': 'vessel'} ignored: the source has no segmentation head" in caplog.text
+
+
 def test_head_reinitialised_without_names(tmp_path):
     src = unet(cout=3)
     torch.save(src.state_dict(), tmp_path / "w.pt")
