@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import write_text
+from pipeline.checks.overrides import parse_set_options
 
 __all__ = [
     "BENCHMARKS",
@@ -340,15 +341,7 @@ def bench_sampling(args: argparse.Namespace) -> BenchResult:
         dataset = Path(args.out) / "data" / "site_A"
         if not (dataset / "dataset.json").is_file():
             make_site(dataset, site="A", n_train=8, n_val=0, n_test=10, seed=0)
-    overrides = {"train#preprocessing#augment": False, **SAMPLING_DEFAULTS}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects ID=JSON, got {item!r}; e.g. --set 'patch_size=[32,32,32]'.")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = {"train#preprocessing#augment": False, **SAMPLING_DEFAULTS, **parse_set_options(args.set)}
     details = sampling_benchmark(
         dataset,
         args.bundle or BUNDLE_3D,

@@ -14,6 +14,7 @@ The JSON also keeps the forward time measured inside the run and the per-stage s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -71,7 +72,7 @@ def write_volumes(folder: Path, n: int, shape: Sequence[int], spacing: Sequence[
 def _bare_forward(network: nn.Module, shapes: list[tuple[int, ...]], device: torch.device, amp: bool) -> float:
     """Seconds for the forward passes over ``shapes`` (random inputs), as the engine runs them."""
     inputs = [torch.rand(s, device=device) for s in shapes]
-    ctx = torch.autocast("cuda", dtype=torch.float16) if amp else torch.autocast("cpu", enabled=False)
+    ctx = torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
     with torch.inference_mode(), ctx:
         start = time.perf_counter()
         for x in inputs:

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from pipeline.bench import BenchResult, register
+from pipeline.checks.overrides import parse_set_options
 
 __all__ = [
     "MALLOC_ENV",
@@ -574,15 +575,7 @@ def config_from_args(args: argparse.Namespace) -> SpeedConfig:
     """:class:`SpeedConfig` from the ``bench`` CLI arguments (``--set ID=JSON`` become bundle overrides)."""
     from pipeline.demo import BUNDLE_3D
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects ID=JSON, got {item!r}; e.g. --set 'patch_size=[96,96,96]'.")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_set_options(args.set)
     return SpeedConfig(
         bundle=args.bundle or BUNDLE_3D, dataset_dir=args.dataset_dir, out=Path(args.out), overrides=overrides,
         device=args.device, warmup=args.warmup, steps=args.steps, repeats=args.repeats, volume=tuple(args.volume),

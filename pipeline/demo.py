@@ -15,15 +15,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.atomic import write_text
 
 __all__ = [
     "BUNDLE_3D",
     "DemoSettings",
     "DemoStepError",
+    "StepRunner",
     "bundle_command",
     "configure_bundle",
     "run_bundle",
@@ -148,6 +151,28 @@ def _pipeline_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline", *args]
 
 
+class StepRunner:
+    """Runs a demo's steps: each a command a user would type, its output in ``<out>/logs/<name>.log``, timed.
+
+    ``times`` maps each step name to its seconds (``timed`` adds in-process steps such as data synthesis).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.logs = out / "logs"
+        self.times: dict[str, float] = {}
+
+    def __call__(self, name: str, cmd: list[str]) -> None:
+        """Run ``cmd`` (see :func:`run_bundle`); raises :class:`DemoStepError` naming the log if it fails."""
+        self.times[name] = run_bundle(cmd, self.logs / f"{name}.log")
+        logger.info("%s done in %.0f s", name, self.times[name])
+
+    def timed(self, name: str, fn: Callable[[], Path]) -> Path:
+        start = time.perf_counter()
+        result = fn()
+        self.times[name] = time.perf_counter() - start
+        return result
+
+
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns a summary dict (also written as ``demo_summary.json``).
 
@@ -163,18 +188,10 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
     settings = settings or DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    times: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    data = make_dataset(out / "data", dims=3, site="both", seed=settings.seed)
-    times["synth"] = time.perf_counter() - t0
+    step = StepRunner(out)
+    data = step.timed("synth", lambda: make_dataset(out / "data", dims=3, site="both", seed=settings.seed))
     site_a, site_b = data / "site_A", data / "site_B"
     common = {"seed": settings.seed, **settings.overrides}
-
-    def step(name: str, cmd: list[str]) -> None:
-        times[name] = run_bundle(cmd, logs / f"{name}.log")
-        logger.info("%s done in %.0f s", name, times[name])
 
     def balance(site: str, folder: Path) -> dict[str, Any]:
         """The audit's recommended sampling/loss settings for ``folder`` (none when the demo skips the audit)."""
@@ -284,7 +301,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         if (out / "drift" / "drift.png").is_file():
             f.write("\n## Layer drift during fine-tuning\n\n![drift](drift/drift.png)\n")
     summary = {
-        "times_s": {k: round(v, 1) for k, v in times.items()},
+        "times_s": {k: round(v, 1) for k, v in step.times.items()},
         "eval_site_A": json.loads((eval_a / "summary.json").read_text()),
         "site_B": summaries,
         "comparison_md": comparison,
@@ -292,7 +309,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         "report": str(report),
         "predictions": sorted(str(p.relative_to(out)) for p in pred_b.rglob("*.nii.gz")),
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     return summary
 
 

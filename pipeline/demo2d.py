@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.demo import DemoSettings, bundle_command, configure_bundle, run_bundle, stage_bundle, transfer_verdict
+from pipeline.atomic import write_text
+from pipeline.demo import DemoSettings, StepRunner, bundle_command, configure_bundle, stage_bundle, transfer_verdict
 
 __all__ = ["BUNDLE_2D", "Demo2DSettings", "mask_sizes", "run_demo_2d"]
 
@@ -79,17 +79,10 @@ def run_demo_2d(out_dir: str | Path, settings: Demo2DSettings | None = None) -> 
     settings = settings or Demo2DSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = make_dataset_2d(out / "data", site="both", channels=(1,), seed=settings.seed)
-    times["synth"] = time.perf_counter() - t0
+    step = StepRunner(out)
+    data = step.timed("synth", lambda: make_dataset_2d(out / "data", site="both", channels=(1,), seed=settings.seed))
     site_a, site_b = data / "site_A", data / "site_B"
     common = {"seed": settings.seed, **settings.overrides}
-
-    def step(name: str, cmd: list[str]) -> None:
-        times[name] = run_bundle(cmd, logs / f"{name}.log")
-        logger.info("%s done in %.0f s", name, times[name])
 
     def stage(name: str) -> Path:
         bundle = stage_bundle(BUNDLE_2D, out / name)
@@ -130,7 +123,7 @@ def run_demo_2d(out_dir: str | Path, settings: Demo2DSettings | None = None) -> 
 
     summaries = {label: json.loads((d / "summary.json").read_text()) for label, (_, d) in evals.items()}
     summary = {
-        "times_s": {k: round(v, 1) for k, v in times.items()},
+        "times_s": {k: round(v, 1) for k, v in step.times.items()},
         "eval_site_A": json.loads((eval_a / "summary.json").read_text()),
         "site_B": summaries,
         "comparison_dice_md": compare_markdown(summaries, "dice"),
@@ -138,5 +131,5 @@ def run_demo_2d(out_dir: str | Path, settings: Demo2DSettings | None = None) -> 
         "verdict": transfer_verdict(summaries["fine-tuned (staged)"], summaries["scratch"]),
         "masks": mask_sizes(site_b / "imagesTs", pred_b),
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "demo_summary.json", json.dumps(summary, indent=2))
     return summary

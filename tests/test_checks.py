@@ -105,3 +105,12 @@ def test_check_data_command_lists_every_problem(tmp_path, capsys):
     assert kinds == ["non_finite", "shape_mismatch", "small_image"]
     assert main(["check-data", str(good(tmp_path / "ok", 1)), "--level", "headers"]) == 0
     assert Path(out_json).is_file()
+
+
+def test_set_options_parse_json_or_plain_strings_and_name_the_option():
+    from pipeline.checks import parse_set_options
+
+    got = parse_set_options(["patch_size=[32,32,32]", "lr=0.01", "backbone=resnet18", "url=a=b"])
+    assert got == {"patch_size": [32, 32, 32], "lr": 0.01, "backbone": "resnet18", "url": "a=b"}
+    with pytest.raises(ValueError, match=r"--set expects ID=JSON, got 'lr'; e.g. --set 'patch_size=\[32,32,32\]'"):
+        parse_set_options(["lr"])

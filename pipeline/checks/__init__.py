@@ -23,7 +23,7 @@ from pipeline.checks.dataset import (
     network_stride,
 )
 from pipeline.checks.images import ImageInfo, check_dicom_folder, read_image_info
-from pipeline.checks.overrides import UnknownOverrideError, bundle_overrides, check_overrides
+from pipeline.checks.overrides import UnknownOverrideError, bundle_overrides, check_overrides, parse_set_options
 from pipeline.data import Problem
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "check_patch_size",
     "check_training_data",
     "network_stride",
+    "parse_set_options",
     "read_image_info",
 ]

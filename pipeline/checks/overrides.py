@@ -12,13 +12,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["UnknownOverrideError", "bundle_overrides", "check_overrides", "raise_for_cli"]
+__all__ = ["UnknownOverrideError", "bundle_overrides", "check_overrides", "parse_set_options", "raise_for_cli"]
 
 logger = logging.getLogger(__name__)
 
 
 class UnknownOverrideError(ValueError):
     """A command-line override names an id that no config file defines (a typo MONAI would silently accept)."""
+
+
+def parse_set_options(items: Sequence[str], option: str = "--set") -> dict[str, Any]:
+    """``["patch_size=[32,32,32]", "lr=0.01", "name=x"]`` -> bundle overrides; values are JSON, else plain strings.
+
+    Raises:
+        ValueError: an item has no ``=``; the message names ``option`` and shows the expected form.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} expects ID=JSON, got {item!r}; e.g. {option} 'patch_size=[32,32,32]'.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def raise_for_cli(exc: Exception) -> NoReturn:

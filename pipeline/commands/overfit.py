@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -32,20 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.checks.overrides import parse_set_options
     from pipeline.overfit import overfit
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"overfit: --set expects ID=JSON, got {item!r}; e.g. --set 'patch_size=[32,32,32]'.")
-            return 2
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = parse_set_options(args.set)
+    except ValueError as e:
+        print(f"overfit: {e}")
+        return 2
     try:
         result = overfit(
             args.bundle,
