@@ -24,6 +24,7 @@ from monai.transforms.utils import generate_label_classes_crop_centers, map_clas
 
 __all__ = [
     "INTENSITY_MODES",
+    "augment_transforms",
     "SAMPLING_MODES",
     "ClassBalancedCropd",
     "PosNegCropd",
@@ -342,16 +343,22 @@ def train_transforms(
     chain.append(mt.SpatialPadd(keys, spatial_size=patch))
     chain += sampling_transforms(patch, num_classes, sampling, ratios, pos, neg, num_samples, class_names)
     if augment:
-        chain += [mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-        chain += [
-            mt.RandRotate90d(keys, prob=0.25, max_k=3, spatial_axes=(0, 1)),
-            mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            mt.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            mt.RandGaussianNoised("image", prob=0.15, std=0.02),
-        ]
+        chain += augment_transforms(keys, spatial_dims, rotate_prob=0.25)
     chain.append(mt.DeleteItemsd(keys=["label_cls_indices", "label_fg_indices", "label_bg_indices"]))
     chain.append(mt.EnsureTyped(keys, dtype=None, track_meta=False))
     return mt.Compose(chain)
+
+
+def augment_transforms(keys: Sequence[str], spatial_dims: int, rotate_prob: float = 0.25) -> list[mt.Transform]:
+    """Training augmentation after patch sampling: a flip per axis, 90° rotations in the first two axes, intensity
+    scale/shift and a little Gaussian noise (``image`` only)."""
+    return [
+        *(mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)),
+        mt.RandRotate90d(keys, prob=rotate_prob, max_k=3, spatial_axes=(0, 1)),
+        mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        mt.RandGaussianNoised("image", prob=0.15, std=0.02),
+    ]
 
 
 def val_transforms(

@@ -13,7 +13,7 @@ from monai import transforms as mt
 
 from pipeline.images2d.files import Image2DReader
 from pipeline.images2d.masks import MaskToClassesd, label_channels
-from pipeline.transforms import intensity_transform, sampling_transforms
+from pipeline.transforms import augment_transforms, intensity_transform, sampling_transforms
 
 __all__ = ["infer_transforms_2d", "load_transforms_2d", "train_transforms_2d", "val_transforms_2d"]
 
@@ -111,14 +111,7 @@ def train_transforms_2d(
     chain.append(mt.SpatialPadd(keys, spatial_size=patch))
     chain += sampling_transforms(patch, num_classes, sampling, ratios, pos, neg, num_samples, class_names)
     if augment:
-        chain += [
-            mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
-            mt.RandFlipd(keys, prob=0.5, spatial_axis=1),
-            mt.RandRotate90d(keys, prob=0.5, max_k=3),
-            mt.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            mt.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            mt.RandGaussianNoised("image", prob=0.15, std=0.02),
-        ]
+        chain += augment_transforms(keys, spatial_dims=2, rotate_prob=0.5)
     chain.append(mt.DeleteItemsd(keys=["label_cls_indices", "label_fg_indices", "label_bg_indices"]))
     chain.append(mt.EnsureTyped(keys, dtype=None, track_meta=False))
     return mt.Compose(chain)
