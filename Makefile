@@ -29,15 +29,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check pipeline tests
-	$(PY) -m ruff format --check pipeline tests
+	$(PY) -m ruff check pipeline tests benchmarks
+	$(PY) -m ruff format --check pipeline tests benchmarks
 	$(PY) -m mypy
 
 demo: $(STAMP)
 	$(PY) -m pipeline demo $(DEMO_DIR)
 
 demo-2d: $(STAMP)
-	$(PY) -m pipeline demo-2d $(DEMO_DIR)_2d
+	$(PY) -m pipeline demo --dims 2 $(DEMO_DIR)_2d
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_DIR)_2d .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-__all__ = ["VERBS", "build_parser", "main"]
+__all__ = ["ALIASES", "VERBS", "build_parser", "main"]
 
 # verb -> module under pipeline.commands (dashes become underscores); order is the order in --help.
 VERBS: tuple[str, ...] = (
@@ -30,11 +30,15 @@ VERBS: tuple[str, ...] = (
     "pack",
     "verify",
     "import",
-    "bench",
 )
 
 
+# verbs that are another verb with other defaults: verb -> (verb, defaults)
+ALIASES: dict[str, tuple[str, dict[str, object]]] = {"demo-2d": ("demo", {"dims": 2})}
+
+
 def _module_for(verb: str):
+    verb = ALIASES.get(verb, (verb, {}))[0]
     name = "import_bundle" if verb == "import" else verb.replace("-", "_")
     try:
         return importlib.import_module(f"pipeline.commands.{name}")
@@ -52,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         mod = _module_for(verb)
         if mod is None:
             continue
-        p = sub.add_parser(verb, help=mod.HELP, description=mod.HELP)
+        target, defaults = ALIASES.get(verb, (verb, {}))
+        text = (
+            mod.HELP if target == verb else f"`{target}` with " + ", ".join(f"--{k} {v}" for k, v in defaults.items())
+        )
+        p = sub.add_parser(verb, help=text, description=text)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, **defaults)
     return parser
 
 

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_dataset_3d(tmp_path_factory) -> Path:
     """Site A phantoms, 3 training + 1 validation + 1 test case (shared by tests; do not modify)."""
-    from pipeline.synthetic import make_site
+    from pipeline.data.synthetic import make_site
 
     root = tmp_path_factory.mktemp("tiny3d") / "site_A"
     return make_site(root, site="A", n_train=3, n_val=1, n_test=1, seed=0)

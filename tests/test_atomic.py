@@ -1,4 +1,5 @@
-"""All-or-nothing writes (``pipeline.atomic``): the real name holds the old file or the whole new one, never a part."""
+"""All-or-nothing writes (``pipeline.utils.atomic``): the real name holds the old file or the whole new one, never a
+part."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import stat
 
 import pytest
 
-from pipeline.atomic import atomic_path, write_bytes, write_text
+from pipeline.utils.atomic import atomic_path, write_bytes, write_text
 
 
 def test_write_text_and_bytes_replace_whole_files(tmp_path):

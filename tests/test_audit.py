@@ -7,10 +7,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline.audit import audit_dataset, override_config, write_audit
+from pipeline.apps.audit import audit_dataset, override_config, write_audit
+from pipeline.bundle.config import BUNDLE_2D
 from pipeline.cli import main
+from pipeline.data.synthetic2d import SITES_2D, make_case_2d
 from tests.conftest import BUNDLE_3D
+from tests.test_checks import rgb_dataset_2d
 
 LABELS = {"0": "background", "1": "organ", "2": "lesion"}
 
@@ -153,3 +157,24 @@ def test_command_fails_on_bad_labels(tmp_path, capsys):
     assert main(["audit", str(root), "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert "labelsTr/x.nii.gz: label values [9]" in out and "1 problem(s) found" in out
+
+
+def test_command_reads_2d_rgb_masks_with_the_2d_bundle(tmp_path, capsys):
+    root = rgb_dataset_2d(tmp_path / "ds")
+    out = tmp_path / "out"
+    assert main(["audit", str(root), "--bundle", str(BUNDLE_2D), "--out", str(out)]) == 0
+    assert "| 0 matrix |" in capsys.readouterr().out
+    data = json.loads((out / "audit.json").read_text())
+    # the colours map to the classes the scenes were drawn with (make_site_2d: site B, case i has seed 500 + i)
+    truth = sum(np.bincount(make_case_2d(SITES_2D["B"], 500 + i)[1].ravel(), minlength=3) for i in range(3))
+    assert [c["name"] for c in data["classes"]] == ["matrix", "grain", "pore"]
+    assert [c["voxels"] for c in data["classes"]] == truth.tolist()
+    assert data["errors"] == [] and data["cases"][0]["shape"] == [128, 100]
+    assert any("dataset.json" in n and "the bundle sets no label_colors" in n for n in data["notes"])
+    mask = root / "labelsTr" / "caseB_000.png"
+    rgb = np.asarray(Image.open(mask)).copy()
+    rgb[0, 0] = [9, 9, 9]
+    Image.fromarray(rgb).save(mask)
+    assert main(["audit", str(root), "--bundle", str(BUNDLE_2D), "--out", str(out)]) == 1
+    message = f"{mask}: cannot read label (1 pixel(s) have colours not in 'label_colors': [9, 9, 9] (1 px, first"
+    assert message in capsys.readouterr().out

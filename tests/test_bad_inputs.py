@@ -20,14 +20,9 @@ import pydicom
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from pipeline.checks import (
-    DataCheckError,
-    UnknownOverrideError,
-    check_dataset,
-    check_overrides,
-    check_training_data,
-)
+from pipeline.bundle.overrides import UnknownOverrideError, check_overrides
+from pipeline.checks.dataset import DataCheckError, check_dataset, check_training_data
+from pipeline.handlers.checkpoint_files import CheckpointError, atomic_save, load_checkpoint
 from tests.conftest import BUNDLE_3D
 
 CONFIGS = BUNDLE_3D / "configs"
@@ -213,7 +208,7 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path):
 
 
 def test_image_smaller_than_patch_is_padded_and_warns(tmp_path, caplog):
-    from pipeline.transforms import train_transforms
+    from pipeline.transforms.chains import train_transforms
 
     root = good(tmp_path / "ds", 1)
     with caplog.at_level(logging.WARNING, logger="pipeline.checks"):
@@ -229,8 +224,8 @@ def test_image_smaller_than_patch_is_padded_and_warns(tmp_path, caplog):
 
 def test_patch_not_multiple_of_stride_is_an_error_because_the_network_fails():
     """FlexibleUNet does not pad its input: 48 fails deep in the decoder, hence the up-front error."""
-    from pipeline.checks import check_patch_size
-    from pipeline.networks import PretrainedUNet
+    from pipeline.checks.dataset import check_patch_size
+    from pipeline.networks.unet import PretrainedUNet
 
     [problem] = check_patch_size([48, 64, 32], 3, "resnet10")
     assert "not a multiple of 32 on axis [0]" in problem.message and "[64, 64, 32]" in problem.message
@@ -240,13 +235,13 @@ def test_patch_not_multiple_of_stride_is_an_error_because_the_network_fails():
 
 
 def test_pretrained_weights_of_another_architecture_name_the_file(tmp_path):
-    from pipeline.networks import PretrainedUNet
-    from pipeline.transfer import ArchitectureMismatchError
+    from pipeline.networks.unet import PretrainedUNet
+    from pipeline.networks.weights import ArchitectureMismatchError, pretrained_network
 
     src = tmp_path / "resnet18_weights.pt"
     torch.save(PretrainedUNet(2, 1, 2, "resnet18").state_dict(), src)
     with pytest.raises(ArchitectureMismatchError, match="resnet18_weights.pt") as info:
-        PretrainedUNet(2, 1, 2, "resnet10", pretrained=src)
+        pretrained_network(PretrainedUNet(2, 1, 2, "resnet10"), src)
     assert "Fix" in str(info.value)
 
 
@@ -274,6 +269,21 @@ def test_known_overrides_and_non_bundle_command_lines_pass(tmp_path):
         "unfreeze_stages",
     ]
     assert check_overrides(["pytest", "-q", "--max_epoch", "3"]) == []  # not a bundle run: nothing to check
+
+
+def test_full_disk_in_torch_zip_writer_is_a_checkpoint_error(tmp_path, monkeypatch):
+    # torch's zip writer reports a full disk as RuntimeError, not OSError (seen on a 60 MB tmpfs)
+    atomic_save({"w": torch.ones(3)}, tmp_path / "model.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+
+    def zip_full(obj, f, *args, **kwargs):
+        f.write(b"PK partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 14680064 vs 14680000")
+
+    monkeypatch.setattr(torch, "save", zip_full)
+    with pytest.raises(CheckpointError, match=r"model\.pt \(\[enforce fail.*disk is probably full"):
+        atomic_save({"w": torch.zeros(3)}, tmp_path / "model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"] and (tmp_path / "model.pt").read_bytes() == before
 
 
 def test_disk_full_during_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Whole-path inference benchmark (``pipeline.bench_infer``): what it counts and writes, never its timings."""
+"""Whole-path inference benchmark (``benchmarks.infer_path``): what it counts and writes, never its timings."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.bench_infer import infer_path_benchmark, write_volumes
+from benchmarks.infer_path import infer_path_benchmark, write_volumes
 from tests.conftest import BUNDLE_3D
 
-# 48x48x40 voxels at the bundle's spacing (no resampling), roi 32^3, overlap 0.25: ceil((48-32)/24)+1 = 2 windows
-# along x and y, ceil((40-32)/24)+1 = 2 along z -> 8 windows per volume.
-TINY = {"pixdim": (3.0, 3.0, 4.0), "roi_size": (32, 32, 32), "sw_batch_size": 2, "overlap": 0.25}
+# bundle ids over the 3D bundle's: 48x48x40 voxels at this spacing (no resampling), roi 32^3, overlap 0.25:
+# ceil((48-32)/24)+1 = 2 windows along x and y, ceil((40-32)/24)+1 = 2 along z -> 8 windows per volume.
+TINY = {"pixdim": [3.0, 3.0, 4.0], "roi_size": [32, 32, 32], "sw_batch_size": 2, "sw_overlap": 0.25}
 
 
 def test_volumes_are_written_with_the_asked_grid(tmp_path):

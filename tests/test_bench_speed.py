@@ -1,4 +1,4 @@
-"""Speed benchmarks (``pipeline.bench_speed``): structure of results only, never timings (the machines are shared)."""
+"""Speed benchmarks (``benchmarks.speed``): structure of results only, never timings (the machines are shared)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-import pipeline.bench_speed as bs  # registers the benchmarks with pipeline.bench
-from pipeline.bench import BENCHMARKS
-from pipeline.cli import main
+import benchmarks.speed as bs  # registers the benchmarks with benchmarks.harness
+from benchmarks.__main__ import main
+from benchmarks.harness import BENCHMARKS
 from tests.conftest import BUNDLE_3D
 
 TINY_SET = ["patch_size=[32,32,32]", "pixdim=[3.0,3.0,4.0]", "num_samples=2", "batch_size=1", "sw_batch_size=2"]
@@ -31,12 +31,12 @@ def test_benchmarks_are_registered():
 
 
 def test_cli_lists_every_benchmark_in_a_fresh_interpreter():
-    # this module imports pipeline.bench_speed itself, which hides a missing BENCHMARK_MODULES entry in-process
+    # this module imports benchmarks.speed itself, which hides a missing BENCHMARK_MODULES entry in-process
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for name in ("sampling", "train_step", "data", "frozen", "infer", "all", "malloc", "infer_path"):
-        assert f"    {name}" in out, f"{name} missing from `python -m pipeline bench --help`:\n{out}"
+        assert f"    {name}" in out, f"{name} missing from `python -m benchmarks --help`:\n{out}"
 
 
 def test_config_and_arguments_are_validated(tmp_path):
@@ -95,9 +95,9 @@ def test_speed_rows_share_columns_and_targets():
 
 @pytest.mark.slow
 def test_bench_all_writes_json_and_doc_rows(tiny_dataset_3d, tmp_path, capsys):
-    assert main(["bench", "all", *_tiny_args(tiny_dataset_3d, tmp_path, "--sync-arm")]) == 0
+    assert main(["all", *_tiny_args(tiny_dataset_3d, tmp_path, "--sync-arm")]) == 0
     result = json.loads((tmp_path / "speed.json").read_text())
-    assert result["name"] == "speed" and result["command"].startswith("python -m pipeline bench all")
+    assert result["name"] == "speed" and result["command"].startswith("python -m benchmarks all")
     assert [r["benchmark"] for r in result["rows"]] == ["train_step", "data", "frozen", "infer"]
     for row in result["rows"]:
         assert list(row) == COLUMNS and row["ratio"] > 0 and math.isfinite(row["ratio"])
@@ -112,7 +112,7 @@ def test_bench_all_writes_json_and_doc_rows(tiny_dataset_3d, tmp_path, capsys):
     assert d["infer"]["windows"] >= d["infer"]["forward_calls"] >= 1
     assert {"config", "malloc", "threads"} <= set(d) and d["config"]["overrides"]["patch_size"] == [32, 32, 32]
     doc = (tmp_path / "b.md").read_text()
-    assert "## speed" in doc and doc.count("`python -m pipeline bench all") == 4
+    assert "## speed" in doc and doc.count("`python -m benchmarks all") == 4
     assert "wrote" in capsys.readouterr().out
 
 

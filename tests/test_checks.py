@@ -1,4 +1,4 @@
-"""Dataset/config checks: what each level reads, header-only geometry, the check-data command."""
+"""Dataset/config checks: what each level reads, header-only geometry, 2D RGB-coded masks, the check-data command."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline.checks import (
-    bundle_overrides,
+from pipeline.bundle.config import BUNDLE_2D
+from pipeline.bundle.overrides import bundle_overrides
+from pipeline.checks.dataset import (
+    DataCheckError,
     check_dataset,
     check_patch_size,
     check_training_data,
     network_stride,
-    read_image_info,
 )
+from pipeline.checks.images import read_image_info
 from pipeline.cli import main
+from pipeline.data.synthetic2d import CLASS_NAMES_2D, LABEL_COLORS_2D, make_site_2d
 from tests.conftest import BUNDLE_3D
 from tests.test_bad_inputs import CLASSES, MONAI_MAIN, good, image, label, write_dataset, write_nifti
 
@@ -35,7 +39,7 @@ def test_headers_level_reads_no_voxel_data(tmp_path, monkeypatch):
     def no_voxels(path):
         raise AssertionError(f"voxel data of {path} was read")
 
-    monkeypatch.setattr("pipeline.checks.dataset.load_array", no_voxels)
+    monkeypatch.setattr("pipeline.checks.images.load_array", no_voxels)
     assert check_dataset(root, class_names=CLASSES, level="headers").problems == []
     monkeypatch.undo()
     [problem] = check_dataset(root, class_names=CLASSES, level="full").problems
@@ -108,9 +112,47 @@ def test_check_data_command_lists_every_problem(tmp_path, capsys):
 
 
 def test_set_options_parse_json_or_plain_strings_and_name_the_option():
-    from pipeline.checks import parse_set_options
+    from pipeline.bundle.overrides import parse_set_options
 
     got = parse_set_options(["patch_size=[32,32,32]", "lr=0.01", "backbone=resnet18", "url=a=b"])
     assert got == {"patch_size": [32, 32, 32], "lr": 0.01, "backbone": "resnet18", "url": "a=b"}
     with pytest.raises(ValueError, match=r"--set expects ID=JSON, got 'lr'; e.g. --set 'patch_size=\[32,32,32\]'"):
         parse_set_options(["lr"])
+
+
+# ------------------------------------------------------------------------------------------------ 2D
+def rgb_dataset_2d(root: Path) -> Path:
+    """Tiny synthetic 2D dataset: 3 cases of 128x100 grey PNGs with RGB-coded masks (colours in dataset.json)."""
+    return make_site_2d(root, site="B", n_train=2, n_val=1, n_test=0, label_format="rgb")
+
+
+def test_one_check_reads_2d_rgb_masks_as_the_2d_chains_do(tmp_path):
+    root = rgb_dataset_2d(tmp_path / "ds")
+    colours = {str(k): list(v) for k, v in LABEL_COLORS_2D.items()}
+    names = list(CLASS_NAMES_2D.values())
+    report = check_training_data(root, 2, 1, names, [64, 64], backbone="resnet18", label_colors=colours)
+    assert report.cases == 3 and report.problems == []
+    with pytest.raises(DataCheckError) as info:  # what the 2D bundle's data_check does without label_colors
+        check_training_data(root, 2, 1, names, [64, 64], backbone="resnet18")
+    assert {p.kind for p in info.value.problems} == {"label_values"}
+    assert "caseB_000.png: label has 3 channels" in str(info.value) and "set label_colors" in str(info.value)
+
+
+def test_check_data_command_on_a_2d_rgb_mask_dataset_with_the_2d_bundle(tmp_path, capsys):
+    root = rgb_dataset_2d(tmp_path / "ds")
+    out_json = tmp_path / "report.json"
+    assert main(["check-data", str(root), "--bundle", str(BUNDLE_2D), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "0 error(s), 1 warning(s)" in out and "(3 case(s) checked)" in out
+    assert "the bundle sets no label_colors" in out and '--label_colors \'{"0": [0, 0, 0], "1": [255, 0, 0]' in out
+    assert [p["kind"] for p in json.loads(out_json.read_text())["problems"]] == ["label_colors"]
+    mask = root / "labelsTr" / "caseB_001.png"
+    rgb = np.asarray(Image.open(mask)).copy()
+    rgb[3, 7] = [255, 255, 0]
+    Image.fromarray(rgb).save(mask)
+    assert main(["check-data", str(root), "--bundle", str(BUNDLE_2D)]) == 1
+    out = capsys.readouterr().out
+    assert f"{mask}: 1 pixel(s) have colours not in 'label_colors': [255, 255, 0] (1 px, first at row 3, col 7)" in out
+    colours = json.dumps({"0": [0, 0, 0], "1": [255, 0, 0], "2": [0, 0, 255], "3": [255, 255, 0]})
+    assert main(["check-data", str(root), "--bundle", str(BUNDLE_2D), "--set", f"label_colors={colours}"]) == 2
+    assert "'label_colors' class 3 is not below num_classes=3" in capsys.readouterr().out

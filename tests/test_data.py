@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import DatalistError, case_id, list_images, load_datalist, load_split, pair_folders, split_datalist
+from pipeline.data.datalist import (
+    DatalistError,
+    case_id,
+    list_images,
+    load_datalist,
+    load_split,
+    pair_folders,
+    split_datalist,
+)
 
 
 def _touch(path: Path) -> Path:
@@ -111,7 +119,7 @@ def test_list_images_recursive_skips_hidden(tmp_path):
 
 
 def test_scan_datalist_collects_every_problem(tmp_path):
-    from pipeline.data import scan_datalist
+    from pipeline.data.datalist import scan_datalist
 
     for c in ("a", "b", "c"):
         _touch(tmp_path / "imagesTr" / f"{c}.nii.gz")

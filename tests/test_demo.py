@@ -7,7 +7,7 @@ import json
 import nibabel as nib
 import pytest
 
-from pipeline.demo import DemoSettings, run_demo
+from pipeline.apps.demo import DemoSettings, run_demo
 
 # coarse grid and small patches: the steps, not the accuracy, are under test
 TINY = {"pixdim": [3.0, 3.0, 4.0], "patch_size": [32, 32, 32], "num_samples": 2, "batch_size": 1}

@@ -19,8 +19,8 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipeline.dicom import DicomError, find_dicom_series, read_series, series_geometry
-from pipeline.inference import BatchInference
+from pipeline.data.dicom import DicomError, find_dicom_series, read_series, series_geometry
+from pipeline.inference.engine import BatchInference
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)  # rows along +y (A->P in LPS), columns along -z; normal (-1, 0, 0)
@@ -87,7 +87,7 @@ def axial_positions(n: int = 6, step: float = 2.5, origin=(-10.0, -20.0, 5.0)) -
     return [(origin[0], origin[1], origin[2] + step * k) for k in range(n)]
 
 
-def _files(folder: Path) -> list[Path]:
+def bundle_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
@@ -110,7 +110,7 @@ def test_two_shuffled_series_in_one_folder_become_one_volume_each(tmp_path):
     uid_a = write_series(folder, axial, seed=1)
     uid_b = write_series(folder, sag, SAGITTAL, spacing=(0.5, 0.6), rows=12, cols=10, seed=2)
     (folder / "README").write_text("not DICOM, ignored")
-    series, unreadable, ignored = find_dicom_series(_files(folder))
+    series, unreadable, ignored = find_dicom_series(bundle_files(folder))
     assert (unreadable, ignored) == ([], [])
     by_uid = {s.uid: s for s in series}
     assert set(by_uid) == {uid_a, uid_b}
@@ -132,7 +132,7 @@ def test_two_shuffled_series_in_one_folder_become_one_volume_each(tmp_path):
 def test_missing_slice_is_named_with_the_gap(tmp_path):
     positions = [p for k, p in enumerate(axial_positions(7)) if k != 3]
     write_series(tmp_path / "gap", positions)
-    (series,), _, _ = find_dicom_series(_files(tmp_path / "gap"))
+    (series,), _, _ = find_dicom_series(bundle_files(tmp_path / "gap"))
     with pytest.raises(DicomError, match=r"missing slice.*gap of 5\.00 mm.*expected 2\.50 mm.*about 1 slice"):
         read_series(series)
 
@@ -164,7 +164,7 @@ def test_non_volumes_are_rejected(tmp_path, kind, match):
         write_series(tmp_path, axial_positions(3) + axial_positions(3), uid=uid)
     elif kind == "uneven":
         write_series(tmp_path, [(0, 0, z) for z in (0.0, 2.0, 5.0, 6.0, 10.0)], uid=uid)
-    (series,), _, _ = find_dicom_series(_files(tmp_path))
+    (series,), _, _ = find_dicom_series(bundle_files(tmp_path))
     with pytest.raises(DicomError, match=match):
         series_geometry(series)
 
@@ -179,7 +179,7 @@ def _pydicom_test_dir(name: str) -> Path:
 def test_real_ct_series_from_pydicom():
     """CT5N: 5 axial 16x16 slices, 0.488 mm pixels, 2.5 mm apart (files named by number, no extension)."""
     folder = _pydicom_test_dir("98892001/CT5N")
-    (series,), unreadable, _ = find_dicom_series(_files(folder))
+    (series,), unreadable, _ = find_dicom_series(bundle_files(folder))
     assert unreadable == []
     vol, aff = read_series(series)
     assert vol.shape == (16, 16, 5)
@@ -192,13 +192,13 @@ def test_real_ct_series_from_pydicom():
 @pytest.mark.parametrize(("name", "match"), [("98892003/MR700", "localizer/projection"), ("77654033/CT2", "gap")])
 def test_real_non_volumes_from_pydicom(name, match):
     """MR700: 7 projection images (MONAI's PydicomReader stacks them silently); CT2: 4 slices with a 202 mm gap."""
-    (series,), _, _ = find_dicom_series(_files(_pydicom_test_dir(name)))
+    (series,), _, _ = find_dicom_series(bundle_files(_pydicom_test_dir(name)))
     with pytest.raises(DicomError, match=match):
         series_geometry(series)
 
 
 def _digest(folder: Path) -> dict[str, tuple[str, int]]:
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in _files(folder)}
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in bundle_files(folder)}
 
 
 @pytest.mark.parametrize("dicom_seg", [False, True])
@@ -225,7 +225,7 @@ def test_series_are_segmented_in_their_own_grid(tmp_path, dicom_seg):
     assert _digest(root) == before  # inputs untouched
     for uid, shape in [(uid_a, (16, 16, 6)), (uid_b, (10, 12, 5))]:
         mask = nib.load(out / "pat1" / "ct" / f"{uid}_seg.nii.gz")
-        (series,) = [s for s in find_dicom_series(_files(root / "pat1"))[0] if s.uid == uid]
+        (series,) = [s for s in find_dicom_series(bundle_files(root / "pat1"))[0] if s.uid == uid]
         vol, aff = read_series(series)
         assert mask.shape == vol.shape == shape
         np.testing.assert_allclose(mask.affine, aff, atol=1e-5)

@@ -1,4 +1,4 @@
-"""pipeline.evaluation: metric handlers by class name, the per-case writer and TensorBoard logging."""
+"""pipeline.handlers.metrics: metric handlers by class name, the per-case writer and TensorBoard logging."""
 
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ from monai.transforms import AsDiscreted, Compose
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.evaluation import (
-    CaseMetricsWriter,
-    PerClassMetric,
-    ValidationImageLogger,
-    case_id_from_path,
-    normalize_class_names,
-)
+from pipeline.data.datalist import case_id
+from pipeline.evaluation.cases import normalize_class_names
+from pipeline.handlers.images import ValidationImageLogger
+from pipeline.handlers.metrics import CaseMetricsWriter, PerClassMetric
 
 CLASS_NAMES = ["background", "organ", "vessel", "lesion"]
 SHAPE = (16, 16, 8)
@@ -182,7 +179,16 @@ def test_validation_in_init():
         ("/d/case_1/case_1_seg.nii.gz", "seg", "case_1"),
         ("rel/c.2.nii", "", "c.2"),
         ("/dicom/series_7/", "", "series_7"),
+        ("/d/case_0001_seg.png", "seg", "case_0001"),
+        ("/d/nuclei_0042.jpeg", "", "nuclei_0042"),
     ],
 )
-def test_case_id_from_path(path, postfix, expected):
-    assert case_id_from_path(path, postfix) == expected
+def test_case_id_of_predictions(path, postfix, expected):
+    assert case_id(path, postfix, channel_suffix=False) == expected
+    if not expected[-4:].isdigit():
+        assert case_id(path, postfix) == expected  # the same id as the datalist's
+
+
+def test_case_id_strips_the_nnunet_channel_suffix_of_images():
+    assert case_id("/d/imagesTr/liver_003_0000.nii.gz") == "liver_003"
+    assert case_id("/d/imagesTr/liver_003_0000.nii.gz", channel_suffix=False) == "liver_003_0000"

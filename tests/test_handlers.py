@@ -12,9 +12,10 @@ from monai.engines import SupervisedTrainer
 from monai.utils import set_determinism
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pipeline.handlers import DriftHandler, StagedUnfreezeHandler
-from pipeline.networks import PretrainedUNet
-from pipeline.transfer import freeze, param_groups
+from pipeline.handlers.drift import DriftHandler
+from pipeline.handlers.unfreeze import StagedUnfreezeHandler
+from pipeline.networks.stages import freeze, param_groups
+from pipeline.networks.unet import PretrainedUNet
 
 torch.set_num_threads(1)
 SMALL = (8, 8, 8, 8, 8)

@@ -16,17 +16,11 @@ import torch
 from monai.transforms import Compose
 from PIL import Image
 
-from pipeline.images2d import (
-    MaskToClassesd,
-    check_dataset_2d,
-    encode_mask_2d,
-    load_transforms_2d,
-    parse_label_colors,
-    read_image_2d,
-    train_transforms_2d,
-    val_transforms_2d,
-)
-from pipeline.inference import BatchInference
+from pipeline.checks.dataset import check_dataset
+from pipeline.data.images2d import encode_mask_2d, read_image_2d
+from pipeline.inference.engine import BatchInference
+from pipeline.transforms.chains import load_transforms, train_transforms, val_transforms
+from pipeline.transforms.labels2d import MaskToClassesd, parse_label_colors
 
 H, W = 48, 40  # not square, so a transposed read is caught
 GREY = (np.arange(H * W).reshape(H, W) % 251).astype(np.uint8)
@@ -34,7 +28,7 @@ STACK = np.random.default_rng(0).integers(0, 255, (6, H, W)).astype(np.uint8)
 
 
 def _load(path: Path, in_channels: int = 1, **kw) -> np.ndarray:
-    return np.asarray(Compose(load_transforms_2d(["image"], in_channels, **kw))({"image": str(path)})["image"])
+    return np.asarray(Compose(load_transforms(["image"], 2, in_channels, **kw))({"image": str(path)})["image"])
 
 
 def _writers():
@@ -100,7 +94,7 @@ CLASSES_4x4 = np.array([[0, 1, 1, 0], [0, 1, 2, 0], [2, 0, 0, 1], [2, 2, 0, 1]])
 
 
 def _label(path: Path, **kw) -> np.ndarray:
-    chain = Compose(load_transforms_2d(["image", "label"], **kw))
+    chain = Compose(load_transforms(["image", "label"], 2, **kw))
     return np.asarray(chain({"image": str(path), "label": str(path)})["label"])
 
 
@@ -119,11 +113,11 @@ def test_unknown_colour_is_an_error_naming_file_and_colour(tmp_path):
     bad[0, 3] = [255, 255, 0]
     Image.fromarray(bad).save(tmp_path / "mask.png")
     path = str(tmp_path / "mask.png")
-    index_only = Compose(load_transforms_2d(["image", "label"]))  # no label_colors: an RGB mask is refused
+    index_only = Compose(load_transforms(["image", "label"], 2))  # no label_colors: an RGB mask is refused
     with pytest.raises(RuntimeError) as info:  # MONAI's Compose wraps the transform's error
         index_only({"image": path, "label": path})
     assert re.search(r"mask\.png: label has 3 channels .*set label_colors", str(info.value.__cause__))
-    loaded = Compose(load_transforms_2d(["image", "label"], label_colors={"0": [0, 0, 0], "1": [255, 0, 0]}))
+    loaded = Compose(load_transforms(["image", "label"], 2, label_colors={"0": [0, 0, 0], "1": [255, 0, 0]}))
     with pytest.raises(RuntimeError) as info:
         loaded({"image": path, "label": path})
     message = str(info.value.__cause__)
@@ -171,14 +165,16 @@ def test_chains_take_images_of_any_size(tmp_path):
         label[5:15, 5:12], label[20:24, 20:26] = 1, 2
         Image.fromarray(label).save(tmp_path / f"{name}_seg.png")
         item = {"image": str(tmp_path / f"{name}.png"), "label": str(tmp_path / f"{name}_seg.png")}
-        patches = train_transforms_2d((64, 64), 3, num_samples=3)(item)
+        patches = train_transforms(2, (64, 64), 3, num_samples=3)(item)
         assert [tuple(p["image"].shape) for p in patches] == [(1, 64, 64)] * 3  # the small one is padded
         assert all(set(np.unique(p["label"])) <= {0, 1, 2} for p in patches)
-        whole = val_transforms_2d()(item)
+        whole = val_transforms(2)(item)
         assert tuple(whole["image"].shape) == (1, h, w) and tuple(whole["label"].shape) == (1, h, w)
         assert float(whole["image"].min()) >= 0.0 and float(whole["image"].max()) <= 1.0
     with pytest.raises(ValueError, match=r"'patch_size' must have 2 entries"):
-        train_transforms_2d((64, 64, 32))
+        train_transforms(2, (64, 64, 32))
+    with pytest.raises(ValueError, match=r"'label_colors' maps RGB\(A\)-coded 2D masks, but spatial_dims=3"):
+        val_transforms(3, label_colors=COLOURS)
 
 
 def test_encode_mask_round_trip():
@@ -214,7 +210,7 @@ def test_data_check_reports_every_problem(tmp_path):
         _case(tmp_path, "rgb_mask", GREY, np.stack([ok * 255] * 3, -1)),
     ]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": cases}))
-    report = check_dataset_2d(tmp_path, 1, ["matrix", "grain", "pore"], patch_size=(64, 64))
+    report = check_dataset(tmp_path, 2, 1, ["matrix", "grain", "pore"], patch_size=(64, 64))
     kinds = {(Path(p.where).stem, p.kind) for p in report.errors}
     assert kinds == {
         ("six_bands", "wrong_channels"),
@@ -224,9 +220,9 @@ def test_data_check_reports_every_problem(tmp_path):
     }
     assert [p.kind for p in report.warnings] == ["small_image"]  # 48x40 < 64x64: padded, works
     msg = next(p.message for p in report.errors if Path(p.where).stem == "bad_value")
-    assert "label values [7.0] are not class indices 0..2" in msg
+    assert "label values [7] are not declared classes [0, 1, 2]" in msg and "set label_colors" in msg
     colours = {"0": [0, 0, 0], "1": [255, 255, 255]}
-    coloured = check_dataset_2d(tmp_path, 1, ["matrix", "grain", "pore"], label_colors=colours)
+    coloured = check_dataset(tmp_path, 2, 1, ["matrix", "grain", "pore"], label_colors=colours)
     rgb_problems = [p for p in coloured.errors if Path(p.where).stem == "rgb_mask"]
     assert rgb_problems == []  # with the colour map the RGB mask is fine ...
     assert any("label has 1 channel(s) but 'label_colors' colours have 3" in p.message for p in coloured.errors)

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.inference as inference
+import pipeline.inference.engine as inference
+from pipeline.bundle.config import BundleError
 from pipeline.cli import main
-from pipeline.commands.infer import BundleError, load_bundle
-from pipeline.inference import TMP_MARK, BatchInference, InferenceFailed
-from pipeline.networks import PretrainedUNet
+from pipeline.inference.bundle import from_bundle
+from pipeline.inference.engine import BatchInference
+from pipeline.inference.report import InferenceFailed
+from pipeline.inference.writers import TMP_MARK
+from pipeline.networks.unet import PretrainedUNet
 from tests.conftest import BUNDLE_3D
 
 TINY_NET = {"backbone": "resnet10", "decoder_channels": [16, 8, 8, 8, 8]}
@@ -204,7 +207,7 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     root, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
         _save(root / f"case{i}.nii.gz", _box())
-    real, calls = inference._nifti_chunks, []
+    real, calls = inference.nifti_chunks, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -214,7 +217,7 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         yield from chunks
 
-    monkeypatch.setattr(inference, "_nifti_chunks", interrupted)
+    monkeypatch.setattr(inference, "nifti_chunks", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _engine().run(root, out)
     masks = sorted(out.glob("*_seg.nii.gz"))
@@ -224,7 +227,7 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["counts"]["processed"] == 1
 
-    monkeypatch.setattr(inference, "_nifti_chunks", real)
+    monkeypatch.setattr(inference, "nifti_chunks", real)
     report = _engine().run(root, out)
     assert (len(report.processed), len(report.skipped), report.exit_code) == (2, 1, 0)
 
@@ -266,24 +269,25 @@ def test_bundle_model_loading(tiny_bundle, tmp_path):
         [{"model": state}, {"state_dict": state}, {"network": {f"module.{k}": v for k, v in state.items()}}]
     ):
         torch.save(wrapped, tmp_path / f"ckpt{i}.pt")
-        engine = load_bundle(tiny_bundle, tmp_path / f"ckpt{i}.pt", progress=False)
+        engine = from_bundle(tiny_bundle, tmp_path / f"ckpt{i}.pt", {"progress": False})
         loaded = engine.network.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert engine.labels == {0: "background", 1: "organ", 2: "vessel", 3: "lesion"}
     assert list(engine.inferer.roi_size) == [32, 32, 32] and engine.inferer.overlap == 0.25
+    assert engine.checkpoint == str(tmp_path / "ckpt2.pt") and engine.progress is False
 
     with pytest.raises(FileNotFoundError, match=r"No model weights at .*models/model.pt.*--checkpoint"):
-        load_bundle(_make_bundle(tmp_path / "untrained", with_model=False))
+        from_bundle(_make_bundle(tmp_path / "untrained", with_model=False))
     torch.save(PretrainedUNet(3, 1, 2, **TINY_NET).state_dict(), tmp_path / "two_classes.pt")
     with pytest.raises(ValueError, match=r"two_classes.pt: weights do not fit network_def"):
-        load_bundle(tiny_bundle, tmp_path / "two_classes.pt")
+        from_bundle(tiny_bundle, tmp_path / "two_classes.pt")
     torch.save({"model": state, "extra": shutil.copy}, tmp_path / "pickled.pt")
     with pytest.raises(ValueError, match=r"pickled.pt: cannot be loaded with weights_only=True"):
-        load_bundle(tiny_bundle, tmp_path / "pickled.pt")
+        from_bundle(tiny_bundle, tmp_path / "pickled.pt")
     with pytest.raises(BundleError, match=r"inference.json: no 'roi_size'"):
-        load_bundle(_make_bundle(tmp_path / "no_roi", drop="roi_size"))
+        from_bundle(_make_bundle(tmp_path / "no_roi", drop="roi_size"))
     with pytest.raises(BundleError, match=r"configs/inference.json not found"):
-        load_bundle(tmp_path)
+        from_bundle(tmp_path)
     assert main(["infer", "--bundle", str(tmp_path / "untrained"), str(tmp_path), str(tmp_path / "o")]) == 1
     with pytest.raises(InferenceFailed, match="1 input"):
         inference.InferenceReport(

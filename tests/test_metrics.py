@@ -1,4 +1,4 @@
-"""pipeline.metrics against straightforward numpy computations on crafted small volumes."""
+"""pipeline.evaluation.metrics against straightforward numpy computations on crafted small volumes."""
 
 from __future__ import annotations
 
@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.metrics import (
-    COLUMNS,
-    as_onehot,
-    case_metrics,
-    read_case_csv,
-    summarize,
-    write_evaluation,
-)
+from pipeline.evaluation.metrics import COLUMNS, as_onehot, case_metrics, read_case_csv, summarize, write_evaluation
 
 NAMES = {0: "background", 1: "organ", 2: "vessel", 3: "lesion"}
 SHAPE = (16, 16, 8)

@@ -1,4 +1,5 @@
-"""``configs/multi_gpu_train.json`` and ``pipeline.distributed``: the overlay passes ``pipeline verify``, composes with
+"""``configs/multi_gpu_train.json`` and ``pipeline.utils.distributed``: the overlay passes ``pipeline verify``,
+composes with
 ``train.json`` (and ``finetune.json``), builds a DDP trainer in a world of one, and under ``torchrun`` with two CPU
 processes (gloo) the ranks end with identical weights while only rank 0 writes ``model.pt`` and TensorBoard files."""
 
@@ -15,21 +16,22 @@ import torch
 import torch.distributed as dist
 from monai.bundle import ConfigParser
 
-from pipeline import distributed as pd
-from pipeline.share_scan import collect_imports, scan_config
+from pipeline.share.scan import collect_imports, scan_config
+from pipeline.utils import distributed as pd
 from tests.conftest import BUNDLE_3D
 
 CONFIGS = BUNDLE_3D / "configs"
 OVERLAY = CONFIGS / "multi_gpu_train.json"
 TINY = {"patch_size": [32, 32, 32], "pixdim": [3.0, 3.0, 4.0], "num_samples": 2, "batch_size": 1, "sw_batch_size": 1}
-LOGGING = {"StatsHandler", "TensorBoardStatsHandler", "pipeline.handlers.ProgressBar"}
-SAVING = {"pipeline.evaluation.ValidationImageLogger", "CheckpointSaver"}
+PROGRESS = "pipeline.handlers.progress.ProgressBar"
+LOGGING = {"StatsHandler", "TensorBoardStatsHandler", PROGRESS}
+SAVING = {"pipeline.handlers.images.ValidationImageLogger", "pipeline.handlers.checkpoint.BestModelSaver"}
 
 
 @pytest.fixture(scope="module")
 def ddp_dataset(tmp_path_factory) -> Path:
     """3 training + 2 validation cases: the validation sampler (even_divisible=False) needs a case per rank."""
-    from pipeline.synthetic import make_site
+    from pipeline.data.synthetic import make_site
 
     return make_site(tmp_path_factory.mktemp("ddp") / "site_A", site="A", n_train=3, n_val=2, n_test=0, seed=0)
 
@@ -42,7 +44,8 @@ def _parser(*files: str, **overrides) -> ConfigParser:
     return parser
 
 
-# ------------------------------------------------------------------------------------------------ pipeline.distributed
+# ------------------------------------------------------------------------------------------------
+# pipeline.utils.distributed
 def test_rank_helpers_read_torchrun_environment(monkeypatch):
     for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -81,17 +84,36 @@ def test_overlay_changes_only_what_ddp_needs(files):
     assert parser["network#find_unused_parameters"] is True  # staged unfreezing: frozen stages give no gradients
     assert parser["train#dataloader#sampler"] == "@train#sampler" and parser["train#dataloader#shuffle"] is False
     assert parser["validate#sampler#even_divisible"] is False and parser["validate#dataloader#sampler"]
-    # index-based `_disabled_`: guard against handlers being reordered in train.json
+    # handlers are disabled by name on ranks > 0: logging and saving only on rank 0, every rank validates
     train, val = parser["train#handlers"], parser["validate#handlers"]
-    assert train[0]["_target_"] == "ValidationHandler" and "_disabled_" not in train[0]  # all ranks validate
-    assert {h["_target_"] for h in train if "_disabled_" in h} == LOGGING
-    assert {h["_target_"] for h in val if "_disabled_" in h} == LOGGING - {"pipeline.handlers.ProgressBar"} | SAVING
-    assert all("_disabled_" in h for h in val)
+    assert {k for k, h in train.items() if "_disabled_" in h} == {"stats", "tensorboard", "progress"}
+    assert {k for k, h in val.items() if "_disabled_" in h} == {"stats", "tensorboard", "images", "best_model"}
+    assert "_disabled_" not in train["validation"]
+    assert {h["_target_"] for h in train.values() if "_disabled_" in h} == LOGGING
+    assert {h["_target_"] for h in val.values() if "_disabled_" in h} == (LOGGING - {PROGRESS}) | SAVING
     assert parser["tb_writer#_disabled_"] == "$dist.get_rank() > 0"
     if "finetune.json" in files:  # the overlay's tb_writer replaces finetune's with the same writer, rank 0 only
         tb = json.loads((CONFIGS / "finetune.json").read_text())["tb_writer"]
         assert {k: v for k, v in parser["tb_writer"].items() if k != "_disabled_"} == tb
-        assert parser["optimizer#params"] == "$pipeline.transfer.param_groups(@network, @lr)"
+        assert parser["optimizer#params"] == "$pipeline.networks.stages.param_groups(@network, @lr)"
+
+
+def test_overlay_survives_a_handler_inserted_in_train_json(tmp_path):
+    # a site adds a handler in front of the others: the overlay still disables exactly the logging/saving ones
+    train = json.loads((CONFIGS / "train.json").read_text())
+    early = {"_target_": "StatsHandler", "name": "inserted", "iteration_log": False}
+    for section in ("train", "validate"):
+        train[section]["handlers"] = {"inserted": early, **train[section]["handlers"]}
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    parser = ConfigParser()
+    parser.read_config([str(tmp_path / "train.json"), str(OVERLAY)])
+    for section, disabled in (
+        ("train", {"stats", "tensorboard", "progress"}),
+        ("validate", {"stats", "tensorboard", "images", "best_model"}),
+    ):
+        handlers = parser[f"{section}#handlers"]
+        assert list(handlers)[0] == "inserted" and "_disabled_" not in handlers["inserted"]
+        assert {k for k, h in handlers.items() if "_disabled_" in h} == disabled
 
 
 def test_overlay_builds_a_ddp_trainer_in_a_world_of_one(tiny_dataset_3d, tmp_path):
@@ -106,7 +128,7 @@ def test_overlay_builds_a_ddp_trainer_in_a_world_of_one(tiny_dataset_3d, tmp_pat
         assert isinstance(trainer.network, torch.nn.parallel.DistributedDataParallel)
         assert trainer.network.device_ids is None or torch.cuda.is_available()  # a CPU module gets no device_ids
         assert type(trainer.data_loader.sampler).__name__ == "DistributedSampler"
-        names = {type(h).__name__ for h in parser.get_parsed_content("train#handlers")}
+        names = {type(h).__name__ for h in parser.get_parsed_content("train#handlers").values()}
         assert names == {"ValidationHandler", "StatsHandler", "TensorBoardStatsHandler", "ProgressBar"}  # rank 0
         assert len(parser.get_parsed_content("validate#handlers")) == 4
     finally:
@@ -133,7 +155,7 @@ def _torchrun(root: Path, configs: list[Path], dataset: Path, overrides: dict) -
 
 def _rank_state_overlay(tmp_path: Path) -> Path:
     """Test-only overlay: each rank saves its parameters, trainable stages and pid before leaving the group."""
-    training = json.loads(OVERLAY.read_text())["training"]
+    run = json.loads((CONFIGS / "train.json").read_text())["run"]
     save = (
         "$torch.save({'pid': torch.multiprocessing.current_process().pid, "
         "'stages': @network.module.trainable_stages(), "
@@ -141,7 +163,7 @@ def _rank_state_overlay(tmp_path: Path) -> Path:
         f"'{tmp_path}/rank' + str(dist.get_rank()) + '.pt')"
     )
     path = tmp_path / "rank_state.json"
-    path.write_text(json.dumps({"training": [*training[:-1], save, training[-1]]}))
+    path.write_text(json.dumps({"run": [*run, save]}))  # before finalize leaves the process group
     return path
 
 
@@ -153,7 +175,7 @@ def test_torchrun_two_cpu_ranks(ddp_dataset, tmp_path, finetune):
     files = [CONFIGS / "train.json", *([CONFIGS / "finetune.json"] if finetune else []), OVERLAY]
     overrides = {**TINY, "max_epochs": 2 if finetune else 1, "val_interval": 1}
     if finetune:  # pretrained weights from a fresh network; the encoder unfreezes after epoch 1
-        from pipeline.networks import PretrainedUNet
+        from pipeline.networks.unet import PretrainedUNet
 
         torch.manual_seed(1)
         torch.save(PretrainedUNet(3, 1, 4, "resnet10", (64, 32, 16, 16, 8)).state_dict(), tmp_path / "pre.pt")

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import urllib.error
-
 import pytest
 import torch
 from monai.utils import set_determinism
 
-import pipeline.networks as networks
-from pipeline.networks import PretrainedUNet
+from pipeline.networks.unet import PretrainedUNet
+from pipeline.networks.weights import pretrained_network
 
 torch.set_num_threads(1)
 SMALL = (8, 8, 8, 8, 8)
@@ -75,8 +73,7 @@ def test_forward_shapes(dims, backbone, cin, cout, size):
         ({"spatial_dims": 4}, ValueError, r"'spatial_dims' must be 2 or 3, got 4"),
         ({"out_channels": 0}, ValueError, r"'out_channels' must be a positive integer, got 0"),
         ({"decoder_channels": (8, 8, 8, 8)}, ValueError, r"'decoder_channels' must be 5 positive integers"),
-        ({"pretrained": True}, ValueError, r"'pretrained' must be a local path .* got True"),
-        ({"pretrained": "/nope/model.pt"}, FileNotFoundError, r"'pretrained': '/nope/model.pt' does not exist"),
+        ({"pretrained": True}, TypeError, r"PretrainedUNet does not load weights, got \['pretrained'\]\. Fix"),
         ({"dropout": 1.5}, ValueError, r"'dropout' must be a float in \[0, 1\), got 1.5"),
     ],
 )
@@ -85,40 +82,33 @@ def test_init_validation(kwargs, err, match):
         PretrainedUNet(**{"decoder_channels": SMALL, **kwargs})
 
 
-def test_download_pretrained_without_published_weights_fails_before_download(monkeypatch):
-    def boom(*_):
-        raise AssertionError("must not try to download")
-
-    monkeypatch.setattr(networks, "_fetch", boom)
-    with pytest.raises(ValueError, match=r"MedicalNet resnet18 weights are 3D only.*pretrained=<path"):
-        PretrainedUNet(2, 1, 2, "resnet18", decoder_channels=SMALL, download_pretrained=True)
-    with pytest.raises(ValueError, match=r"no 3D weights are published for efficientnet-b0"):
-        PretrainedUNet(3, 1, 2, "efficientnet-b0", decoder_channels=SMALL, download_pretrained=True)
-    with pytest.raises(ValueError, match=r"exclusive"):
-        PretrainedUNet(decoder_channels=SMALL, pretrained=__file__, download_pretrained=True)
-
-
 @pytest.mark.parametrize(
-    "dims, backbone, exc, file",
+    "pretrained, err, match",
     [
-        (2, "efficientnet-b0", urllib.error.URLError("offline"), "efficientnet-b0-355c32eb.pth"),
-        (3, "resnet10", ImportError("No module named 'huggingface_hub'"), "resnet_10.pth"),
+        (True, ValueError, r"'pretrained' must be a local path .* got True"),
+        ("/nope/model.pt", FileNotFoundError, r"'pretrained': '/nope/model.pt' does not exist"),
     ],
 )
-def test_download_pretrained_offline_names_the_file(monkeypatch, dims, backbone, exc, file):
-    def offline(*_):
-        raise exc
+def test_pretrained_network_validation(pretrained, err, match):
+    with pytest.raises(err, match=match):
+        pretrained_network(PretrainedUNet(decoder_channels=SMALL), pretrained)
 
-    monkeypatch.setattr(networks, "_fetch", offline)
-    with pytest.raises(RuntimeError, match=rf"could not fetch {file}.*download https://.*{file}.*pretrained=<path"):
-        PretrainedUNet(dims, 1, 2, backbone, decoder_channels=SMALL, download_pretrained=True)
+
+def test_the_network_has_no_weight_loading_arguments():
+    # weights come only through pipeline.networks.weights.load_pretrained (local files; nothing is downloaded)
+    for name in ("pretrained", "download_pretrained", "pretrained_options"):
+        with pytest.raises(TypeError):
+            PretrainedUNet(decoder_channels=SMALL, **{name: None})
 
 
 def test_pretrained_path_round_trip(tmp_path):
     src = PretrainedUNet(2, 1, 2, "resnet10", decoder_channels=SMALL)
     torch.save(src.state_dict(), tmp_path / "w.pt")
-    dst = PretrainedUNet(2, 1, 2, "resnet10", decoder_channels=SMALL, pretrained=str(tmp_path / "w.pt"))
+    dst = PretrainedUNet(2, 1, 2, "resnet10", decoder_channels=SMALL)
+    assert pretrained_network(dst, str(tmp_path / "w.pt")) is dst
     assert dst.load_report.missing == [] and dst.load_report.adapted == []
+    assert dst.load_report.reference.keys() == src.state_dict().keys()  # what drift measures from
+    assert "reference" not in dst.load_report.to_dict()
     for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 

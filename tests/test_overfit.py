@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.apps.overfit import overfit, pooled_dice
+from pipeline.bundle.config import BundleError, open_bundle
 from pipeline.cli import main
-from pipeline.overfit import bundle_parser, overfit, pooled_dice
 from tests.conftest import BUNDLE_3D
 
 # volumes of 48x48x24 voxels at 3x3x4 mm, so pixdim [3, 3, 4] needs no resampling. Two classes: from scratch, the
@@ -105,20 +106,20 @@ def test_pooled_dice_matches_hand_counts():
 def test_bundle_loss_uses_ce_weight():
     """`ce_weight` reaches DiceCELoss through the config; with lambda_dice=0 the loss is weighted cross-entropy."""
     weight = [0.2, 1.0, 2.0, 4.0]
-    parser = bundle_parser(BUNDLE_3D, overrides={"ce_weight": weight, "lambda_dice": 0.0, "lambda_ce": 1.0})
+    parser = open_bundle(BUNDLE_3D, overrides={"ce_weight": weight, "lambda_dice": 0.0, "lambda_ce": 1.0})
     loss = parser.get_parsed_content("loss")
     assert loss.cross_entropy.weight.tolist() == pytest.approx(weight)
     torch.manual_seed(0)
     logits, target = torch.randn(2, 4, 6, 6, 6), torch.randint(0, 4, (2, 1, 6, 6, 6))
     expected = torch.nn.functional.cross_entropy(logits, target[:, 0], weight=torch.tensor(weight))
     assert float(loss(logits, target)) == pytest.approx(float(expected), rel=1e-5)
-    unweighted = bundle_parser(BUNDLE_3D, overrides={"lambda_dice": 0.0}).get_parsed_content("loss")
+    unweighted = open_bundle(BUNDLE_3D, overrides={"lambda_dice": 0.0}).get_parsed_content("loss")
     assert unweighted.cross_entropy.weight is None
     assert float(unweighted(logits, target)) != pytest.approx(float(expected), rel=1e-3)
 
 
-def test_bundle_parser_and_overfit_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="lacks .*train.json.*pass a bundle folder holding configs/"):
-        bundle_parser(tmp_path)
+def test_open_bundle_and_overfit_errors(tmp_path):
+    with pytest.raises(BundleError, match=r"configs/train.json not found; expected a MONAI bundle folder"):
+        open_bundle(tmp_path)
     with pytest.raises(ValueError, match="'cases' must be 1 to 5"):
         overfit(BUNDLE_3D, tmp_path, cases=9)

@@ -1,4 +1,4 @@
-"""pipeline.report plots and the ``evaluate`` / ``report`` commands on tiny NIfTI files."""
+"""pipeline.evaluation.report plots and the ``evaluate`` / ``report`` commands on tiny NIfTI files."""
 
 from __future__ import annotations
 
@@ -14,8 +14,15 @@ from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.commands import evaluate as evaluate_cmd
 from pipeline.commands import report as report_cmd
-from pipeline.metrics import case_metrics
-from pipeline.report import best_and_worst, build_report, compare_markdown, plot_boxplot, plot_overlay, read_scalars
+from pipeline.evaluation.metrics import case_metrics
+from pipeline.evaluation.report import (
+    best_and_worst,
+    build_report,
+    compare_markdown,
+    plot_boxplot,
+    plot_overlay,
+    read_scalars,
+)
 
 SHAPE = (16, 16, 8)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -44,7 +44,7 @@ def train(root: Path, dataset: Path, max_epochs: int, seed: int = 0, resume: boo
         val_interval=100,  # no validation: losses only
         seed=seed,
         resume=resume,
-        **{"train#extra_handlers": [recorder]},
+        **{"train#extra_handlers": {"recorder": recorder}},
         **TINY,
     )
     workflow.initialize()

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
-from monai.handlers import CheckpointSaver
 from torch import nn
 
-from pipeline.checkpoint import CheckpointError, TrainingCheckpointer, atomic_save, list_checkpoints, load_checkpoint
+from pipeline.bundle.config import open_bundle
+from pipeline.handlers.checkpoint import BestModelSaver, TrainingCheckpointer
+from pipeline.handlers.checkpoint_files import CheckpointError, atomic_save, list_checkpoints, load_checkpoint
 from tests.conftest import BUNDLE_3D
 
 CONFIGS = BUNDLE_3D / "configs"
@@ -62,17 +62,16 @@ def make_run(ckpt_dir: Path, resume: bool = False, crash_at_epoch: int | None = 
     evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1.0, -1
 
     @evaluator.on(Events.EPOCH_COMPLETED)
-    def score(e):  # what MONAI's evaluator does with its key metric
+    def score(e):  # what MONAI's evaluator does with its key metric, run by ValidationHandler at the trainer's epoch
+        e.state.epoch = trainer.state.epoch
         e.state.metrics = {"acc": SCORES[trainer.state.epoch]}
         if e.state.metrics["acc"] > e.state.best_metric:
             e.state.best_metric, e.state.best_metric_epoch = e.state.metrics["acc"], trainer.state.epoch
 
-    saver = CheckpointSaver(
-        str(ckpt_dir), {"model": net}, save_key_metric=True, key_metric_name="acc", key_metric_filename="model.pt"
-    )
-    saver.attach(evaluator)
+    evaluator.state.key_metric_name = "acc"
+    BestModelSaver(net, ckpt_dir, "model.pt").attach(evaluator)
     ckpt = TrainingCheckpointer(
-        ckpt_dir, net, opt, evaluator=evaluator, handlers=[counter, saver], resume=resume, **kwargs
+        ckpt_dir, net, opt, evaluator=evaluator, to_save={"counter": counter}, resume=resume, **kwargs
     )
     ckpt.attach(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run([0]))
@@ -93,9 +92,8 @@ def test_epoch_checkpoints_are_atomic_pruned_and_weights_only(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     ckpt = load_checkpoint(tmp_path / "checkpoint_epoch=3.pt")  # torch.load(weights_only=True) inside
     assert (ckpt["epoch"], ckpt["iteration"], ckpt["seed"], ckpt["reason"]) == (3, 9, 7, "epoch")
-    assert ckpt["handlers"] == {"Counter": {"epochs": 3}}
+    assert ckpt["to_save"] == {"counter": {"epochs": 3}}
     assert ckpt["evaluator"] == [0.9, 2]  # saved after validation of epoch 3 (the checkpoint runs last)
-    assert [score for score, _ in ckpt["key_metric_savers"]["CheckpointSaver"]["_saved"]] == [0.9]
     assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
 
 
@@ -166,21 +164,19 @@ def test_truncated_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path, c
 
 
 def test_finetune_unfreeze_stage_is_saved_and_restored(tiny_dataset_3d, tmp_path):
-    from pipeline.networks import PretrainedUNet
+    from pipeline.networks.unet import PretrainedUNet
 
     pretrained = tmp_path / "pretrained.pt"
     torch.save(PretrainedUNet(3, 1, 4, "resnet10").state_dict(), pretrained)
 
     def build(resume: bool):
-        parser = ConfigParser()
-        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "finetune.json")])
-        parser.read_meta(str(CONFIGS / "metadata.json"))
-        overrides = {"bundle_root": str(tmp_path), "dataset_dir": str(tiny_dataset_3d), "pretrained": str(pretrained)}
-        parser.update({**overrides, "cache_rate": 0.0, "resume": resume})
+        overrides = {"pretrained": str(pretrained), "cache_rate": 0.0, "resume": resume}
+        parser = open_bundle(BUNDLE_3D, ("train.json", "finetune.json"), overrides, tiny_dataset_3d)
+        parser["bundle_root"] = str(tmp_path)
         return [parser.get_parsed_content(k) for k in ("train#trainer", "checkpointer", "unfreeze_handler")]
 
     trainer, ckpt, unfreeze = build(False)
-    assert unfreeze in ckpt.stateful.values()
+    assert ckpt.to_save == {"unfreeze": unfreeze}  # named in finetune.json (checkpointer#to_save#unfreeze)
     unfreeze.apply(1)  # layer4 trainable at lr x 0.1, stem..layer3 frozen
     trainer.state.iteration = 3 * trainer.state.epoch_length
     path = atomic_save(ckpt.checkpoint(trainer), tmp_path / "models" / "checkpoint_epoch=3.pt")

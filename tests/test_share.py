@@ -14,15 +14,13 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.share import (
-    BundleVerificationError,
-    ShareError,
-    import_bundle,
-    open_verified_bundle,
-    pack_bundle,
-    verify_bundle,
-)
-from pipeline.share_scan import check_expression, check_target, check_zip_entries, scan_logging_conf
+from pipeline.share.archive import check_zip_entries
+from pipeline.share.install import import_bundle, open_verified_bundle
+from pipeline.share.logconf import scan_logging_conf
+from pipeline.share.pack import pack_bundle
+from pipeline.share.report import BundleVerificationError, ShareError
+from pipeline.share.scan import check_expression, check_target
+from pipeline.share.verify import verify_bundle
 
 NAME = "tiny_segmentation"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -322,8 +320,8 @@ def test_untrusted_code_listed_and_trust(packed: Path, tmp_path: Path) -> None:
         ("$torch.load(@f, weights_only=False)", False),
         ("$monai.utils.optional_import('os')", False),
         ("$torch.hub.load('x', 'y')", False),
-        ("$from pipeline.atomic import write_text", False),
-        ("$pipeline.share.import_bundle('x.zip', '/tmp')", False),
+        ("$from pipeline.utils.atomic import write_text", False),
+        ("$pipeline.share.install.import_bundle('x.zip', '/tmp')", False),
         ("$torch.save(@network_def.state_dict(), '/etc/x')", False),
     ],
 )
@@ -340,16 +338,16 @@ def test_expression_table(expr: str, safe: bool) -> None:
         ("torch.os.system", False),
         ("eval", False),
         # what the shipped bundles use
-        ("pipeline.transfer.param_groups", True),
-        ("pipeline.checkpoint.TrainingCheckpointer", True),
-        ("pipeline.inference.BatchInference", True),
+        ("pipeline.networks.stages.param_groups", True),
+        ("pipeline.handlers.checkpoint.TrainingCheckpointer", True),
+        ("pipeline.inference.engine.BatchInference", True),
         # file writers and subprocess runners of our own package: a shared config could overwrite any file
-        ("pipeline.atomic.write_text", False),
-        ("pipeline.checkpoint.atomic_save", False),
-        ("pipeline.drift.write_drift_csv", False),
-        ("pipeline.demo.run_bundle", False),
+        ("pipeline.utils.atomic.write_text", False),
+        ("pipeline.handlers.checkpoint_files.atomic_save", False),
+        ("pipeline.networks.drift.write_drift_csv", False),
+        ("pipeline.apps.demo.run_bundle", False),
         ("pipeline.cli.main", False),
-        ("pipeline.synthetic.make_dataset", False),
+        ("pipeline.data.synthetic.make_dataset", False),
         ("torch.save", False),
     ],
 )

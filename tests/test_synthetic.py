@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.synthetic import CLASS_NAMES, SITES, make_case, make_dataset
+from pipeline.data.synthetic import CLASS_NAMES, SITES, make_case, make_dataset
 
 
 def test_same_seed_same_case():

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.checks.dataset import check_dataset
 from pipeline.cli import main
-from pipeline.data import load_datalist
-from pipeline.images2d import MaskToClassesd, check_dataset_2d
-from pipeline.synthetic2d import CLASS_NAMES_2D, LABEL_COLORS_2D, N_BANDS, SITES_2D, make_case_2d, make_site_2d
+from pipeline.data.datalist import load_datalist
+from pipeline.data.synthetic2d import CLASS_NAMES_2D, LABEL_COLORS_2D, N_BANDS, SITES_2D, make_case_2d, make_site_2d
+from pipeline.transforms.labels2d import MaskToClassesd
 
 
 def _fractions(site: str, n: int = 4) -> np.ndarray:
@@ -63,7 +64,7 @@ def test_site_dataset_layout_and_rgb_labels(tmp_path):
     assert rgb.shape == (128, 100, 3)
     classes = MaskToClassesd("label", meta["label_colors"]).map(np.moveaxis(rgb, -1, 0))
     np.testing.assert_array_equal(np.asarray(classes)[0], make_case_2d(SITES_2D["B"], 500)[1])
-    report = check_dataset_2d(root, 1, list(CLASS_NAMES_2D.values()), (64, 64), label_colors=meta["label_colors"])
+    report = check_dataset(root, 2, 1, list(CLASS_NAMES_2D.values()), (64, 64), label_colors=meta["label_colors"])
     assert report.errors == [] and report.cases == 3
 
 
@@ -73,5 +74,5 @@ def test_synth_cli_dims_2_writes_png_and_six_band_sites(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site_A", "site_A_6ch", "site_B", "site_B_6ch"]
     assert (tmp_path / "site_A" / "imagesTr" / "caseA_000.png").is_file()
     assert np.load(tmp_path / "site_B_6ch" / "imagesTs" / "caseB_001.npy").shape == (N_BANDS, 128, 100)
-    six = check_dataset_2d(tmp_path / "site_B_6ch", in_channels=N_BANDS, sections=("training", "test"))
+    six = check_dataset(tmp_path / "site_B_6ch", 2, in_channels=N_BANDS, sections=("training", "test"))
     assert six.errors == [] and six.cases == 2

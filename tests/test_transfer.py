@@ -14,20 +14,11 @@ from monai.utils import set_determinism
 from safetensors.torch import save_file
 
 from pipeline.commands import drift as drift_cmd
-from pipeline.networks import PretrainedUNet
-from pipeline.transfer import (
-    ArchitectureMismatchError,
-    LayerDrift,
-    adapt_input_channels,
-    freeze,
-    layer_drift,
-    load_pretrained,
-    param_groups,
-    plot_drift,
-    read_state_dict,
-    unfreeze,
-    write_drift_csv,
-)
+from pipeline.networks.drift import LayerDrift, layer_drift, plot_drift, write_drift_csv
+from pipeline.networks.sources import read_state_dict
+from pipeline.networks.stages import freeze, param_groups, unfreeze
+from pipeline.networks.unet import PretrainedUNet
+from pipeline.networks.weights import ArchitectureMismatchError, adapt_input_channels, load_pretrained
 
 torch.set_num_threads(1)
 SMALL = (8, 8, 8, 8, 8)
@@ -177,7 +168,7 @@ def test_head_adaptation_by_class_names(tmp_path):
 
 def test_class_mapping_without_a_source_head_is_not_silent(tmp_path, caplog):
     bundle = write_bundle(tmp_path / "site_a", unet(cout=3), ["background", "organ", "vessel"])
-    with caplog.at_level("WARNING", logger="pipeline.transfer"):
+    with caplog.at_level("WARNING", logger="pipeline.networks.weights"):
         load_pretrained(
             unet(cout=2), bundle, exclude=["segmentation_head"], class_mapping={"tumour": "vessel"},
             target_class_names=["background", "tumour"],
@@ -245,7 +236,7 @@ def test_freeze_unfreeze_and_param_groups():
         freeze(net, ["layer5"])
     with pytest.raises(ValueError, match=r"'regex' '\^nope' matches no parameter"):
         freeze(net, regex="^nope")
-    with pytest.raises(TypeError, match=r"Expected a pipeline.networks.PretrainedUNet"):
+    with pytest.raises(TypeError, match=r"Expected a pipeline.networks.unet.PretrainedUNet"):
         freeze(torch.nn.Linear(2, 2), "encoder")
 
     groups = param_groups(net, 1e-3, stage_lr_scale={"encoder": 0.1, "layer4": 0.5}, weight_decay=0.0)

@@ -1,22 +1,33 @@
-"""Dataset checks: every case's files, geometry, channels, labels and intensities; configuration checks."""
+"""Dataset checks (2D and 3D): every case's files, geometry, channels, labels and intensities; configuration checks.
+
+:func:`check_dataset` reports *every* problem of a dataset (never just the first), each naming the file, what was
+expected, what was found and the fix. ``spatial_dims`` picks the reader, as in the transform chains: 3D reads image
+headers (nibabel, no voxel data; gzip truncation is detected from the gzip trailer) or DICOM series; 2D reads files
+with the 2D chains' reader (PNG/JPEG/TIFF/``.npy``/NIfTI; pixels at both levels, 2D files are small) and maps RGB(A)
+masks to classes with ``label_colors``. ``level="full"`` also checks label values (integers, declared classes) and
+intensities (no NaN/Inf). :func:`check_training_data` is what both bundles' ``training`` run calls (``data_check``)
+before the trainer starts; ``python -m pipeline check-data`` prints the same report. Messages and fixes:
+``docs/troubleshooting.md``.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.checks.images import ImageInfo, dicom_info, load_array, read_image_info
-from pipeline.checks.overrides import raise_for_cli
-from pipeline.data import DatalistError, Problem, case_id, class_names_from_dataset, scan_datalist
+from pipeline.checks.images import CaseReader, ImageInfo, load_array
+from pipeline.data.datalist import DatalistError, Problem, case_id, class_names_from_dataset, scan_datalist
+from pipeline.transforms.labels2d import label_colors_from_dataset
 
 __all__ = [
     "KINDS",
@@ -27,6 +38,7 @@ __all__ = [
     "check_output_dirs",
     "check_patch_size",
     "check_training_data",
+    "label_colors_fallback",
     "network_stride",
 ]
 
@@ -36,7 +48,7 @@ LEVELS = ("headers", "full", "off")
 KINDS = (
     "missing_file", "unreadable", "truncated", "shape_mismatch", "affine_mismatch", "label_values", "float_labels",
     "non_finite", "wrong_dims", "wrong_channels", "empty_dataset", "duplicate_case", "datalist", "dicom_mixed_series",
-    "dicom_geometry", "small_image", "patch_stride", "output_not_writable",
+    "dicom_geometry", "small_image", "patch_stride", "output_not_writable", "label_colors",
 )  # fmt: skip
 
 
@@ -106,11 +118,12 @@ def _dims_problem(info: ImageInfo, spatial_dims: int) -> Problem | None:
     )
 
 
-def _content(item: Mapping[str, str], declared: set[int] | None) -> list[Problem]:
+def _content(item: Mapping[str, str], declared: set[int] | None, arrays: Mapping[str, np.ndarray]) -> list[Problem]:
+    """Intensities finite, labels integer and declared; ``arrays`` holds pixels already read (2D), else loaded."""
     problems: list[Problem] = []
     image, label = item["image"], item.get("label")
     if not os.path.isdir(image):
-        arr = load_array(image)
+        arr = arrays["image"] if "image" in arrays else load_array(image)
         if arr.dtype.kind in "fc":
             n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
             if n_nan or n_inf:
@@ -125,7 +138,7 @@ def _content(item: Mapping[str, str], declared: set[int] | None) -> list[Problem
                 )
     if label is None:
         return problems
-    lab = load_array(label)
+    lab = arrays["label"] if "label" in arrays else load_array(label)
     if lab.dtype.kind in "fc":
         finite = np.isfinite(lab)
         frac = ~finite | (lab != np.rint(np.where(finite, lab, 0)))
@@ -144,43 +157,48 @@ def _content(item: Mapping[str, str], declared: set[int] | None) -> list[Problem
     values = {int(v) for v in np.unique(lab)}
     if declared is not None and values - declared:
         bad = sorted(values - declared)
+        colours = " For colour-coded 2D masks set label_colors." if "label" in arrays else ""
         problems.append(
             Problem(
                 "label_values",
                 label,
                 f"label values {bad} are not declared classes {sorted(declared)} (class_names has {len(declared)} "
-                "entries). Fix: remap those values, or declare the classes (class_names / out_channels).",
+                f"entries). Fix: remap those values, or declare the classes (class_names / out_channels).{colours}",
             )
         )
     return problems
 
 
-def _case(item: Mapping[str, str], spatial_dims: int, in_channels: int, affine_tol: float) -> tuple[list[Problem], Any]:
+def _case(
+    item: Mapping[str, str], reader: CaseReader, affine_tol: float
+) -> tuple[list[Problem], ImageInfo | None, dict[str, np.ndarray]]:
+    """Geometry problems of one case (files, dims, channels, shapes, affines); 2D also label channels/colours.
+
+    Returns ``(problems, image geometry, pixels read)``; the pixels (2D: ``image (C, H, W)``, ``label`` class
+    indices) spare :func:`_content` a second read.
+    """
     problems: list[Problem] = []
     infos: dict[str, ImageInfo] = {}
+    arrays: dict[str, np.ndarray] = {}
     for key in ("image", "label"):
         path = item.get(key)
         if path is None:
             continue
-        if os.path.isdir(path):
-            found, info = dicom_info(path)
-            problems += found
-            if info is not None:
-                infos[key] = info
-            continue
-        try:
-            infos[key] = read_image_info(path)
-        except EOFError as e:
-            problems.append(Problem("truncated", path, f"{e}. Fix: copy or export the file again."))
-        except ValueError as e:
-            problems.append(Problem("unreadable", path, f"{e}. Fix: re-export or replace the file."))
+        found, info, arr = reader.read(path, key)
+        problems += found
+        if info is not None:
+            infos[key] = info
+        if arr is not None:
+            arrays[key] = arr
     img, lab = infos.get("image"), infos.get("label")
     for info, role in ((img, "image"), (lab, "label")):
         if info is None:
             continue
-        if (p := _dims_problem(info, spatial_dims)) is not None:
+        if (p := _dims_problem(info, reader.spatial_dims)) is not None:
             problems.append(p)
-        want = in_channels if role == "image" else 1
+        if role == "label" and reader.spatial_dims == 2:
+            continue  # channels of 2D masks (1, or those of label_colors; RGBA for RGB) are checked by the mapping
+        want = reader.in_channels if role == "image" else 1
         if info.channels != want:
             fix = "Fix: set in_channels to match, or give" if role == "image" else "Fix: give"
             problems.append(
@@ -193,17 +211,22 @@ def _case(item: Mapping[str, str], spatial_dims: int, in_channels: int, affine_t
             )
     if img is not None and lab is not None:
         if img.spatial_shape != lab.spatial_shape:
+            fix = (
+                "pair the right files, or export the mask at the image's size (no resizing of masks with interpolation)"
+                if reader.spatial_dims == 2
+                else "resample the label onto the image grid (nearest neighbour) or pair the right files"
+            )
             problems.append(
                 Problem(
                     "shape_mismatch",
                     lab.path,
                     f"label shape {list(lab.spatial_shape)} differs from image {img.path} shape "
-                    f"{list(img.spatial_shape)}; expected the same voxel grid. Fix: resample the label onto the "
-                    "image grid (nearest neighbour) or pair the right files.",
+                    f"{list(img.spatial_shape)}; expected the same voxel grid. Fix: {fix}.",
                 )
             )
         elif (
-            img.affine is not None
+            reader.spatial_dims == 3  # 2D chains ignore affines (PNG/TIFF have none)
+            and img.affine is not None
             and lab.affine is not None
             and img.affine.shape == lab.affine.shape
             and not np.allclose(img.affine, lab.affine, rtol=affine_tol, atol=affine_tol)
@@ -220,7 +243,11 @@ def _case(item: Mapping[str, str], spatial_dims: int, in_channels: int, affine_t
                     f"label {lab.affine[:3].round(4).tolist()}",
                 )
             )
-    return problems, img
+    if "label" in arrays and not problems:
+        found, classes = reader.label_classes(arrays["label"], item["label"])
+        problems += found
+        arrays["label"] = classes if classes is not None else arrays["label"]
+    return problems, img, arrays
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -248,24 +275,40 @@ def check_dataset(
     sections: Sequence[str] = ("training", "validation"),
     affine_tol: float = 1e-3,
     datalist: str | Path | None = None,
+    label_colors: Mapping[Any, Sequence[int]] | None = None,
+    channel_dim: str | int = "auto",
+    color_tolerance: float = 0,
 ) -> CheckReport:
-    """Check every case of a dataset and report all problems.
+    """Check every case of a 2D or 3D dataset and report all problems.
+
+    Per case: files readable, ``spatial_dims`` spatial axes, ``in_channels`` image channels, a one-channel label
+    (2D: or an RGB(A) mask whose colours are all in ``label_colors``), image and label on the same grid (3D: same
+    affine); with ``level="full"`` also finite intensities and integer label values that are declared classes.
+    Cases smaller than ``patch_size`` after resampling get a warning (they are zero-padded).
 
     Args:
         dataset_dir: MSD-style dataset folder (``dataset.json``, or ``imagesTr/`` + ``labelsTr/``).
-        spatial_dims: 2 or 3 (the bundle's ``spatial_dims``).
+        spatial_dims: 2 or 3 (the bundle's ``spatial_dims``); picks the reader, as the transform chains do.
         in_channels: image channels the network expects.
         class_names: declared classes, background first (label values must be ``0..len-1``); None: the dataset's
             ``dataset.json`` ``labels``, else values are not checked.
         patch_size: training patch size; cases smaller than it after resampling get a warning (they are padded).
         pixdim: target spacing of the transforms (for the patch-size warning); None = native grid.
-        level: ``headers`` (no voxel data read), ``full`` (also label values, NaN/Inf intensities) or ``off``.
+        level: ``headers`` (3D: no voxel data read), ``full`` (also label values, NaN/Inf intensities) or ``off``.
         sections: datalist sections to check.
-        affine_tol: allowed relative/absolute difference between image and label affines.
+        affine_tol: allowed relative/absolute difference between image and label affines (3D).
         datalist: explicit ``dataset.json``.
+        label_colors, channel_dim, color_tolerance: 2D only, as in :func:`pipeline.transforms.chains.train_transforms`.
     """
     if level not in LEVELS:
         raise ValueError(f"'level' must be one of {list(LEVELS)}, got {level!r}.")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"'spatial_dims' must be 2 or 3, got {spatial_dims!r}.")
+    if spatial_dims == 3 and label_colors:
+        raise ValueError(
+            f"'label_colors' maps RGB(A)-coded 2D masks, but spatial_dims=3, got label_colors={label_colors!r}. "
+            "Fix: set label_colors to null for 3D label maps, or spatial_dims=2 for 2D images."
+        )
     report = CheckReport(str(dataset_dir))
     if level == "off":
         return report
@@ -276,13 +319,14 @@ def check_dataset(
     if names is None and (from_json := class_names_from_dataset(dataset_dir)) is not None:
         names = [from_json[k] for k in sorted(from_json)]
     declared = set(range(len(names))) if names is not None else None
+    reader = CaseReader(spatial_dims, in_channels, label_colors, channel_dim, color_tolerance, len(names or []) or None)
     small: list[tuple[str, list[int]]] = []
     for item in items:
-        problems, img = _case(item, spatial_dims, in_channels, affine_tol)
+        problems, img, arrays = _case(item, reader, affine_tol)
         report.problems += problems
         if level == "full" and not problems:
             try:
-                report.problems += _content(item, declared)
+                report.problems += _content(item, declared, arrays)
             except Exception as e:  # a file that passed the header check but fails to decode
                 report.problems.append(Problem("unreadable", item["image"], f"cannot read voxel data: {e}."))
         if img is not None and patch_size is not None and len(patch_size) == len(img.spatial_shape):
@@ -291,18 +335,42 @@ def check_dataset(
                 small.append((case_id(item["image"]), size))
     if small:
         eg = ", ".join(f"{c} {s}" for c, s in small[:3])
+        order = " (RAS order, before foreground cropping" if spatial_dims == 3 else " (rows, columns"
         report.problems.append(
             Problem(
                 "small_image",
                 "patch_size",
                 f"{len(small)} of {len(items)} case(s) are smaller than patch_size {list(patch_size or [])} after "
-                f"resampling to pixdim {list(pixdim) if pixdim is not None else 'native'} (RAS order, before "
-                f"foreground cropping; e.g. {eg}); they are zero-padded to the patch (SpatialPadd), which works. "
-                "Fix if unintended: a smaller patch_size or a finer pixdim.",
+                f"resampling to pixdim {list(pixdim) if pixdim is not None else 'native'}{order}; e.g. {eg}); they "
+                "are zero-padded to the patch (SpatialPadd), which works. Fix if unintended: a smaller patch_size or "
+                "a finer pixdim.",
                 "warning",
             )
         )
     return report
+
+
+def label_colors_fallback(dataset_dir: str | Path, settings: MutableMapping[str, Any]) -> Problem | None:
+    """2D settings without ``label_colors``: put the ``dataset.json`` ``label_colors`` into ``settings``.
+
+    For the command-line tools (check-data, audit) reading a bundle whose ``label_colors`` is null: a dataset written
+    with RGB-coded masks (``synth --dims 2 --label-format rgb``) declares its colours in ``dataset.json``. Training
+    reads them only from the bundle, so the returned warning says how to pass them; None when nothing was taken.
+    """
+    if settings.get("spatial_dims") != 2 or settings.get("label_colors"):
+        return None
+    colours = label_colors_from_dataset(dataset_dir)
+    if not colours:
+        return None
+    settings["label_colors"] = colours
+    return Problem(
+        "label_colors",
+        str(Path(dataset_dir) / "dataset.json"),
+        f"the bundle sets no label_colors; the masks were read with these dataset.json label_colors {colours}. "
+        f"Training reads label_colors only from the bundle. Fix: pass --label_colors '{json.dumps(colours)}' to "
+        "python -m monai.bundle run (or set label_colors in configs/train.json).",
+        "warning",
+    )
 
 
 def network_stride(backbone: str = "resnet10") -> int:
@@ -374,30 +442,39 @@ def check_training_data(
     backbone: str = "resnet10",
     level: str = "full",
     output_dirs: Sequence[str | Path] = (),
+    label_colors: Mapping[Any, Sequence[int]] | None = None,
+    channel_dim: str | int = "auto",
+    color_tolerance: float = 0,
 ) -> CheckReport:
-    """Everything the bundle's ``training`` run checks before the trainer starts; raises on any error.
+    """Everything a bundle's ``training`` run checks before the trainer starts (``data_check``); raises on any error.
 
-    Header problems (missing/corrupt/truncated files, shapes, affines, dims, channels, duplicates), configuration
-    problems (patch size vs network stride, unwritable outputs) and, with ``level="full"``, label values and
-    NaN/Inf intensities. Warnings are logged.
+    Header problems (missing/corrupt/truncated files, shapes, affines, dims, channels, duplicates; 2D also mask
+    colours), configuration problems (patch size vs network stride, unwritable outputs) and, with ``level="full"``,
+    label values and NaN/Inf intensities. Warnings are logged. Arguments as :func:`check_dataset`.
 
     Raises:
-        DataCheckError: listing every error (naming each file or key).
+        DataCheckError: listing every error (naming each file or key); under ``python -m monai.bundle run`` it is
+            logged and the run exits with code 1.
     """
     report = CheckReport(str(dataset_dir))
     if patch_size is not None:
         report.problems += check_patch_size(patch_size, spatial_dims, backbone)
     report.problems += check_output_dirs(output_dirs)
     if level != "off":
-        headers = check_dataset(dataset_dir, spatial_dims, in_channels, class_names, patch_size, pixdim, "headers")
+        # 3D: headers first (no voxel data), voxels only when they are sound; 2D files are read whole: one pass
+        first = level if spatial_dims == 2 else "headers"
+        common: dict[str, Any] = {"label_colors": label_colors, "channel_dim": channel_dim}
+        common["color_tolerance"] = color_tolerance
+        args = (dataset_dir, spatial_dims, in_channels, class_names)
+        headers = check_dataset(*args, patch_size, pixdim, first, **common)
         report.problems += headers.problems
         report.cases = headers.cases
-        if level == "full" and not report.errors:
-            full = check_dataset(dataset_dir, spatial_dims, in_channels, class_names, None, None, "full")
+        if level == "full" and first != "full" and not report.errors:
+            full = check_dataset(*args, None, None, "full", **common)
             report.problems += [p for p in full.problems if p not in report.problems]
     for p in report.warnings:
         logger.warning("data check: %s", p)
     if report.errors:
-        raise_for_cli(DataCheckError(report))
+        raise DataCheckError(report)
     logger.info("data check (%s): %d case(s) in %s passed.", level, report.cases, dataset_dir)
     return report

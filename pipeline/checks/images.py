@@ -1,19 +1,31 @@
-"""Reading image geometry for the checks: NIfTI headers (no voxel data), other formats via MONAI, DICOM series."""
+"""Reading image geometry for the checks: NIfTI headers (no voxel data), other formats via MONAI, DICOM series, and 2D
+files through the 2D chains' reader (:func:`read_info_2d`)."""
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.data import Problem
+from pipeline.data.datalist import Problem
+from pipeline.transforms.labels2d import MaskToClassesd, label_channels
 
-__all__ = ["ImageInfo", "check_dicom_folder", "dicom_info", "load_array", "read_image_info"]
+__all__ = [
+    "CaseReader",
+    "ImageInfo",
+    "check_dicom_folder",
+    "dicom_info",
+    "load_array",
+    "read_image_info",
+    "read_info_2d",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -101,7 +113,7 @@ def read_image_info(path: str | Path) -> ImageInfo:
 
 def dicom_info(folder: str) -> tuple[list[Problem], ImageInfo | None]:
     """Problems of a folder meant to hold one DICOM series, and its geometry when it is one regular volume."""
-    from pipeline.dicom import DicomError, find_dicom_series, is_dicom_candidate, series_geometry
+    from pipeline.data.dicom import DicomError, find_dicom_series, is_dicom_candidate, series_geometry
 
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and is_dicom_candidate(p))
     series, unreadable, _ = find_dicom_series(files)
@@ -139,3 +151,88 @@ def load_array(path: str) -> np.ndarray:
     from monai.transforms import LoadImage
 
     return np.asarray(LoadImage(image_only=True)(path))
+
+
+def read_info_2d(
+    path: str, channels: int | None = None, channel_dim: str | int = "auto", palette_as_index: bool = False
+) -> tuple[ImageInfo, np.ndarray]:
+    """Geometry and channel-first pixels ``(C, *spatial)`` of a 2D file, read as the 2D chains read it.
+
+    Args: as :func:`pipeline.data.images2d.read_image_2d`.
+
+    Raises:
+        ValueError: the file cannot be read as a 2D image (unknown suffix, ambiguous ``.npy`` channel axis, ...).
+    """
+    from pipeline.data.images2d import read_image_2d
+
+    try:
+        arr, meta = read_image_2d(path, channels, channel_dim, palette_as_index)
+    except Exception as e:  # readers raise many types for corrupt files
+        reason = str(e).removeprefix(f"{path}: ")[:300]
+        raise ValueError(f"not a readable 2D image ({type(e).__name__}: {reason})") from e
+    axis = meta["original_channel_dim"]
+    arr = arr[None] if math.isnan(axis) else np.moveaxis(arr, int(axis), 0)
+    affine = np.asarray(meta["affine"], dtype=float)
+    spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(min(arr.ndim - 1, 3)))
+    return ImageInfo(path, tuple(int(n) for n in arr.shape[1:]), int(arr.shape[0]), affine, spacing), arr
+
+
+class CaseReader:
+    """Reads a case's files for the checks as the transform chains of ``spatial_dims`` read them.
+
+    3D: NIfTI headers (no voxel data) or DICOM series (:func:`read_image_info`); 2D: pixels through the 2D chains'
+    reader (:func:`read_info_2d`), labels mapped to class indices by :class:`MaskToClassesd` (index masks checked,
+    RGB(A) masks mapped with ``label_colors``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels (2D: finds the channel axis of ``.npy`` stacks).
+        label_colors, channel_dim, color_tolerance: 2D only, as in :func:`pipeline.transforms.chains.train_transforms`.
+        num_classes: checks the ``label_colors`` class indices (2D).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        label_colors: Mapping[Any, Sequence[int]] | None = None,
+        channel_dim: str | int = "auto",
+        color_tolerance: float = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        self.spatial_dims, self.in_channels, self.channel_dim = spatial_dims, in_channels, channel_dim
+        self.label_colors = label_colors
+        self.mapper = MaskToClassesd("label", label_colors, color_tolerance, num_classes) if spatial_dims == 2 else None
+
+    def read(self, path: str, role: str = "image") -> tuple[list[Problem], ImageInfo | None, np.ndarray | None]:
+        """``(problems, geometry, channel-first pixels)`` of an ``image`` or ``label`` file; pixels only in 2D."""
+        if self.spatial_dims == 2:
+            channels = self.in_channels if role == "image" else label_channels(self.label_colors)
+            try:
+                info, arr = read_info_2d(path, channels, self.channel_dim, role == "label" and not self.label_colors)
+            except ValueError as e:
+                return (
+                    [Problem("unreadable", path, f"{e}. Fix: re-export the file as PNG/TIFF/.npy/NIfTI.")],
+                    None,
+                    None,
+                )
+            return [], info, arr
+        if os.path.isdir(path):
+            found, dicom = dicom_info(path)
+            return found, dicom, None
+        try:
+            return [], read_image_info(path), None
+        except EOFError as e:
+            return [Problem("truncated", path, f"{e}. Fix: copy or export the file again.")], None, None
+        except ValueError as e:
+            return [Problem("unreadable", path, f"{e}. Fix: re-export or replace the file.")], None, None
+
+    def label_classes(self, label: np.ndarray, path: str) -> tuple[list[Problem], np.ndarray | None]:
+        """2D: a label ``(C, H, W)`` as class indices ``(H, W)``, or the problem (colours, channels) naming ``path``."""
+        if self.mapper is None:
+            raise ValueError("label_classes maps 2D masks; this reader has spatial_dims=3.")
+        try:
+            classes = self.mapper.map(label, source=path)
+        except ValueError as e:
+            return [Problem("label_values", path, str(e).removeprefix(f"{path}: "))], None
+        return [], np.asarray(classes)[0]

@@ -13,7 +13,19 @@ HELP = "class-balance audit of a dataset: class frequencies, missing classes, ba
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset_dir", type=Path, help="MSD-style folder (dataset.json, or imagesTr/ + labelsTr/)")
-    parser.add_argument("--bundle", type=Path, help="bundle folder: class names from configs/metadata.json channel_def")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="bundle folder: class names from configs/metadata.json channel_def; how to read labels (spatial_dims, "
+        "2D label_colors, channel_dim, color_tolerance) from configs/train.json",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help='override a bundle setting, repeatable, e.g. --set \'label_colors={"0": [0, 0, 0], "1": [255, 0, 0]}\'',
+    )
     parser.add_argument("--out", type=Path, default=Path("audit_out"), help="output folder (default: audit_out)")
     parser.add_argument(
         "--section",
@@ -30,12 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.audit import audit_dataset, audit_markdown, override_config, write_audit
-    from pipeline.data import DatalistError
+    from pipeline.apps.audit import audit_dataset, audit_markdown, override_config, write_audit
+    from pipeline.bundle.overrides import parse_set_options
+    from pipeline.data.datalist import DatalistError
 
     sections = tuple(args.sections or ("training", "validation"))
     try:
-        report = audit_dataset(args.dataset_dir, bundle=args.bundle, sections=sections)
+        overrides = parse_set_options(args.set)
+        if overrides and args.bundle is None:
+            raise ValueError("--set overrides bundle settings; give --bundle too.")
+        report = audit_dataset(args.dataset_dir, bundle=args.bundle, sections=sections, overrides=overrides)
     except (DatalistError, ValueError) as e:
         print(f"audit: {e}")
         return 1

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.drift import layer_drift, plot_drift, write_drift_csv
-    from pipeline.pretrained_sources import align_state_dict, read_state_dict
+    from pipeline.networks.drift import layer_drift, plot_drift, write_drift_csv
+    from pipeline.networks.sources import align_state_dict, read_state_dict
 
     try:
         after_raw = read_state_dict(args.after)

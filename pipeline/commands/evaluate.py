@@ -38,11 +38,11 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _index(paths: Iterable[Path], postfix: str, what: str) -> dict[str, Path]:
-    from pipeline.evaluation import case_id_from_path
+    from pipeline.data.datalist import case_id
 
     out: dict[str, Path] = {}
     for p in paths:
-        case = case_id_from_path(p, postfix)
+        case = case_id(p, postfix, channel_suffix=False)
         if case in out:
             raise ValueError(f"two {what} files for case {case!r}: {out[case]} and {p}; keep one per case.")
         out[case] = p
@@ -51,7 +51,7 @@ def _index(paths: Iterable[Path], postfix: str, what: str) -> dict[str, Path]:
 
 def _from_dataset_json(path: Path, section: str) -> tuple[dict[str, Path], dict[str, Path]]:
     """``({case: label}, {case: image})`` from an MSD ``dataset.json`` (paths relative to its folder)."""
-    from pipeline.evaluation import case_id_from_path
+    from pipeline.data.datalist import case_id
 
     data = json.loads(path.read_text())
     entries = data.get(section)
@@ -61,7 +61,7 @@ def _from_dataset_json(path: Path, section: str) -> tuple[dict[str, Path], dict[
     for e in entries:
         if isinstance(e, dict) and e.get("label"):
             label = (path.parent / e["label"]).resolve()
-            case = case_id_from_path(label)
+            case = case_id(label, channel_suffix=False)
             labels[case] = label
             if isinstance(e.get("image"), str):
                 images[case] = (path.parent / e["image"]).resolve()
@@ -70,7 +70,7 @@ def _from_dataset_json(path: Path, section: str) -> tuple[dict[str, Path], dict[
 
 def _class_names(args: argparse.Namespace, label_values: set[int]) -> dict[int, str]:
     """From --class-names, --bundle's channel_def, the dataset.json ``labels``, or named by value."""
-    from pipeline.evaluation import normalize_class_names
+    from pipeline.evaluation.cases import normalize_class_names
 
     if args.class_names:
         try:
@@ -123,8 +123,8 @@ def _run(args: argparse.Namespace) -> int:
     import nibabel as nib
     import numpy as np
 
-    from pipeline.atomic import write_text
-    from pipeline.metrics import case_metrics, summarize, write_evaluation
+    from pipeline.evaluation.metrics import case_metrics, summarize, write_evaluation
+    from pipeline.utils.atomic import write_text
 
     pairs, images, problems = _pair(args)
     if problems:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline.commands.verify import add_trust_arguments
-from pipeline.share import BundleVerificationError, ShareError, import_bundle
+from pipeline.share.install import import_bundle
+from pipeline.share.report import BundleVerificationError, ShareError
 
 __all__ = ["HELP", "add_arguments", "run"]
 

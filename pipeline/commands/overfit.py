@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.checks.overrides import parse_set_options
-    from pipeline.overfit import overfit
+    from pipeline.apps.overfit import overfit
+    from pipeline.bundle.overrides import parse_set_options
 
     if args.threads:
         torch.set_num_threads(args.threads)

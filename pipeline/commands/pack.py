@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.share import BUMPS, EXPORTS, ShareError, pack_bundle
+from pipeline.share.pack import EXPORTS, pack_bundle
+from pipeline.share.report import ShareError
+from pipeline.share.version import BUMPS
 
 __all__ = ["HELP", "add_arguments", "run"]
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.report import build_report
+    from pipeline.evaluation.report import build_report
 
     compare = {}
     for item in args.compare:

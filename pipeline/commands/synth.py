@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.synthetic import CLASS_NAMES, make_dataset
+from pipeline.data.synthetic import CLASS_NAMES, make_dataset
 
 HELP = "write deterministic synthetic two-site data: 3D phantoms (NIfTI) or 2D microscopy (PNG, 6-channel .npy)"
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     counts = {"n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
     if args.dims == 2:
-        from pipeline.synthetic2d import CLASS_NAMES_2D, make_dataset_2d
+        from pipeline.data.synthetic2d import CLASS_NAMES_2D, make_dataset_2d
 
         out = make_dataset_2d(
             args.out, site=args.site, channels=args.channels, label_format=args.label_format, seed=args.seed, **counts

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.share import ShareError, verify_bundle
+from pipeline.share.report import ShareError
+from pipeline.share.verify import verify_bundle
 
 __all__ = ["HELP", "add_arguments", "run", "add_trust_arguments"]
 

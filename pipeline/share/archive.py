@@ -14,9 +14,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
-from pipeline.share.files import _files
+from pipeline.share.files import bundle_files
 from pipeline.share.report import ShareError
+from pipeline.utils.atomic import atomic_path
 
 __all__ = ["ZipLimits", "check_zip_entries", "safe_extract"]
 
@@ -121,10 +121,10 @@ def safe_extract(zf: zipfile.ZipFile, dest: Path, limits: ZipLimits = ZipLimits(
                 dst.write(chunk)
 
 
-def _write_zip(stage: Path, name: str, out: Path, force: bool) -> None:
+def write_zip(stage: Path, name: str, out: Path, force: bool) -> None:
     try:
         with atomic_path(out, overwrite=force) as tmp, zipfile.ZipFile(tmp, "w") as zf:
-            for rel in _files(stage)[0]:
+            for rel in bundle_files(stage)[0]:
                 info = zipfile.ZipInfo(f"{name}/{rel}", date_time=_ZIP_TIME)
                 info.external_attr = 0o100644 << 16
                 info.compress_type = zipfile.ZIP_STORED if rel.endswith((".pt", ".ts")) else zipfile.ZIP_DEFLATED

@@ -59,7 +59,7 @@ def load_config(path: Path) -> Any:
     return json.loads(text)
 
 
-def _files(root: Path) -> tuple[list[str], list[str]]:
+def bundle_files(root: Path) -> tuple[list[str], list[str]]:
     """(regular files, links/special files) under root as posix relative paths; never follows links."""
     files, odd = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -73,7 +73,7 @@ def _files(root: Path) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(odd)
 
 
-def _network_config(root: Path) -> Path | None:
+def network_config(root: Path) -> Path | None:
     for name in ("inference.json", "train.json", "inference.yaml", "train.yaml"):
         p = root / "configs" / name
         if p.is_file() and "network_def" in (load_config(p) or {}):

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.share.archive import ZipLimits
 from pipeline.share.files import sha256_file
 from pipeline.share.report import BundleVerificationError, ShareError, VerifyReport
-from pipeline.share.verify import _verify_zip_into, verify_bundle, verify_dir
+from pipeline.share.verify import verify_bundle, verify_dir, verify_zip_into
 
 __all__ = ["import_bundle", "open_verified_bundle"]
 
@@ -63,7 +63,7 @@ def import_bundle(
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=to_dir))
     try:
         report = VerifyReport(source=str(zip_path))
-        root = _verify_zip_into(zip_path, staging, report, limits, expected_sha256)
+        root = verify_zip_into(zip_path, staging, report, limits, expected_sha256)
         if root is not None:
             verify_dir(root, report, trust, trust_all, check_network)
         if root is None or not report.ok:

@@ -10,7 +10,7 @@ import logging.handlers
 import re
 from pathlib import Path
 
-from pipeline.share.scan import _ABS, CodeItem, _chain
+from pipeline.share.scan import ABS_PATH, CodeItem, attribute_chain
 
 __all__ = ["scan_logging_conf"]
 
@@ -22,7 +22,7 @@ def _literal_reason(text: str) -> str | None:
     except SyntaxError as e:
         return f"not valid Python ({e.msg})"
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and _chain(node) in ("sys.stdout", "sys.stderr"):
+        if isinstance(node, ast.Attribute) and attribute_chain(node) in ("sys.stdout", "sys.stderr"):
             continue
         if isinstance(node, ast.Name) and node.id == "sys":
             continue
@@ -34,7 +34,7 @@ def _literal_reason(text: str) -> str | None:
         if (
             isinstance(node, ast.Constant)
             and isinstance(node.value, str)
-            and (_ABS.match(node.value) or ".." in Path(node.value).parts)
+            and (ABS_PATH.match(node.value) or ".." in Path(node.value).parts)
         ):
             return f"path {node.value!r} points outside the working directory"
     return None

@@ -17,16 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import write_text
-from pipeline.share.archive import _write_zip
-from pipeline.share.files import MANIFEST, PROVENANCE, SCHEMA_NAME, _files, _network_config, load_config, sha256_file
+from pipeline.share.archive import write_zip
+from pipeline.share.files import (
+    MANIFEST,
+    PROVENANCE,
+    SCHEMA_NAME,
+    bundle_files,
+    load_config,
+    network_config,
+    sha256_file,
+)
 from pipeline.share.filetypes import data_file_reason
 from pipeline.share.logconf import scan_logging_conf
 from pipeline.share.provenance import build_provenance
-from pipeline.share.report import FAIL, ShareError, VerifyReport, _first_line
+from pipeline.share.report import FAIL, ShareError, VerifyReport, first_line
 from pipeline.share.scan import find_absolute_paths
-from pipeline.share.verify import _check_code, _check_schema
-from pipeline.share.version import _update_changelog
+from pipeline.share.verify import check_code, check_schema
+from pipeline.share.version import update_changelog
+from pipeline.utils.atomic import write_text
 
 __all__ = ["EXPORTS", "PACKED_DIRS", "PACKED_FILES", "PackResult", "pack_bundle"]
 
@@ -69,7 +77,7 @@ def _export_torchscript(stage: Path, meta: dict, mode: str, input_shape: list[in
 
     from monai.bundle import ckpt_export
 
-    config = _network_config(stage)
+    config = network_config(stage)
     if mode == "none":
         return "none"
     if config is None:
@@ -98,7 +106,7 @@ def _export_torchscript(stage: Path, meta: dict, mode: str, input_shape: list[in
         except ShareError:
             raise
         except Exception as e:
-            errors.append(f"{how}: {_first_line(e)[:200]}")
+            errors.append(f"{how}: {first_line(e)[:200]}")
             logger.info("TorchScript %s export failed; %s", how, errors[-1])
             target.unlink(missing_ok=True)
     raise ShareError(
@@ -109,7 +117,7 @@ def _export_torchscript(stage: Path, meta: dict, mode: str, input_shape: list[in
 
 def _select(bundle: Path) -> tuple[list[str], list[str], list[str]]:
     """(files to pack, files skipped, links/special files in packed areas)."""
-    files, odd = _files(bundle)
+    files, odd = bundle_files(bundle)
 
     def packed(rel: str) -> bool:
         parts = rel.split("/")
@@ -136,7 +144,7 @@ def _pack_problems(bundle: Path, files: list[str], odd: list[str]) -> list[str]:
             try:
                 data = load_config(bundle / rel)
             except Exception as e:
-                problems.append(f"{rel}: cannot be parsed ({_first_line(e)})")
+                problems.append(f"{rel}: cannot be parsed ({first_line(e)})")
                 continue
             problems += [f"{item}: absolute/site path {value!r}" for item, value in find_absolute_paths(data, rel)]
         elif rel.endswith(".conf"):
@@ -187,7 +195,7 @@ def pack_bundle(
     if export not in EXPORTS:
         raise ShareError(f"export={export!r}; expected one of {EXPORTS}.")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    version = _update_changelog(meta, bump, notes)
+    version = update_changelog(meta, bump, notes)
     out_path = Path(out) if out else Path.cwd() / f"{bundle.name}_v{version}.zip"
     if out_path.exists() and not force:
         raise ShareError(f"{out_path} exists; refusing to overwrite. Pass --force or choose another -o.")
@@ -201,7 +209,7 @@ def pack_bundle(
         torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise ShareError(
-            f"models/model.pt does not load with weights_only=True ({_first_line(e)[:200]}); "
+            f"models/model.pt does not load with weights_only=True ({first_line(e)[:200]}); "
             "save a plain state_dict: torch.save(net.state_dict(), 'models/model.pt')."
         ) from e
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,8 +220,8 @@ def pack_bundle(
             shutil.copyfile(bundle / rel, stage / rel)
         _write_json_atomic(stage / "configs" / "metadata.json", meta)
         check = VerifyReport(source=str(bundle))
-        _check_schema(check, stage / "configs" / "metadata.json")
-        _check_code(check, stage, files, (), False)
+        check_schema(check, stage / "configs" / "metadata.json")
+        check_code(check, stage, files, (), False)
         if any(i.status == FAIL and i.check == "schema" for i in check.items):
             raise ShareError(
                 f"configs/metadata.json fails {SCHEMA_NAME}: {check.items[0].reason}. Fix the field and pack again."
@@ -222,7 +230,8 @@ def pack_bundle(
         weights_sha = sha256_file(stage / "models" / "model.pt")
         _write_json_atomic(stage / PROVENANCE, build_provenance(bundle, meta, weights_sha, how))
         listed = {
-            rel: {"sha256": sha256_file(stage / rel), "size": (stage / rel).stat().st_size} for rel in _files(stage)[0]
+            rel: {"sha256": sha256_file(stage / rel), "size": (stage / rel).stat().st_size}
+            for rel in bundle_files(stage)[0]
         }
         manifest = {
             "format": "pipeline-bundle-manifest/1",
@@ -232,7 +241,7 @@ def pack_bundle(
             "files": listed,
         }
         _write_json_atomic(stage / MANIFEST, manifest)
-        _write_zip(stage, bundle.name, out_path, force)
+        write_zip(stage, bundle.name, out_path, force)
     _write_json_atomic(meta_file, meta)
     needs = [f"{i.item}: {i.reason.split('. If')[0]}" for i in check.items if i.status == FAIL]
     result = PackResult(out_path, bundle.name, version, sha256_file(out_path), len(listed) + 1, how, skipped, needs)

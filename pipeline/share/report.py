@@ -85,6 +85,6 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__

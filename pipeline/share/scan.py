@@ -52,9 +52,11 @@ DENIED_NAMES = frozenset(
 # The pipeline modules a bundle config may use (what the shipped bundles reference, and read-only helpers). The
 # rest of the package writes, deletes or runs things at a caller-chosen path (atomic writes, pack/import,
 # synthetic data, the demo's subprocesses, the CLI) and so is refused, as are file writers inside these modules.
+# The pipeline packages/modules a bundle config may name (``_target_`` or ``$`` expressions); everything else in
+# ``pipeline`` (apps, share, commands, file writers) is refused.
 PIPELINE_CONFIG_MODULES = frozenset(
-    "checkpoint checks data distributed drift evaluation handlers images2d inference networks "  # noqa: SIM905
-    "pretrained_sources transfer transforms".split()
+    "pipeline.bundle.overrides pipeline.checks pipeline.data.datalist pipeline.data.images2d pipeline.evaluation.cases "  # noqa: SIM905
+    "pipeline.handlers pipeline.inference pipeline.networks pipeline.transforms pipeline.utils.distributed".split()
 )
 _PIPELINE_DENIED = re.compile(r"^(write|save|atomic|remove|plot|pack|import|install|extract|make|run|export)")
 # Canonical dotted prefixes refused even inside the allowed namespaces: import, download and exec gadgets.
@@ -77,7 +79,7 @@ DENIED_PREFIXES = (
     "numpy.testing",
 )
 _REF = re.compile(r"@(?:\w*)(?:#\w*)*")  # monai.bundle.ReferenceResolver.id_matcher
-_ABS = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
+ABS_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
 _ABS_IN_EXPR = re.compile(r"^(~|[A-Za-z]:[\\/]|\\\\|/(home|Users|mnt|media|root|scratch|gpfs|lustre|nfs|Volumes)/)")
 _ALLOWED_NODES = (
     ast.Expression, ast.Constant, ast.Name, ast.Attribute, ast.Subscript, ast.Slice, ast.Call, ast.keyword,
@@ -164,12 +166,15 @@ def _pipeline_reason(dotted: str) -> str | None:
     parts = dotted.split(".")
     if parts[0] != "pipeline" or len(parts) == 1:
         return None
-    if parts[1] not in PIPELINE_CONFIG_MODULES:
+    allowed = [m for m in PIPELINE_CONFIG_MODULES if dotted == m or dotted.startswith(m + ".")]
+    if not allowed and any(m.startswith(dotted + ".") for m in PIPELINE_CONFIG_MODULES):
+        return None  # a package on the way to an allowed module (``pipeline.utils`` of ``pipeline.utils.distributed``)
+    if not allowed:
         return (
-            f"{dotted!r}: pipeline.{parts[1]} may not be used in a bundle config "
+            f"{dotted!r}: this part of pipeline may not be used in a bundle config "
             f"(allowed: {', '.join(sorted(PIPELINE_CONFIG_MODULES))})"
         )
-    if any(_PIPELINE_DENIED.match(p) for p in parts[2:]):
+    if any(_PIPELINE_DENIED.match(p) for p in parts[len(max(allowed, key=len).split(".")) :]):
         return f"{dotted!r} writes, deletes or runs something and may not be used in a bundle config"
     return None
 
@@ -196,7 +201,7 @@ def check_target(target: str) -> str | None:
     return _resolve(target, ALLOWED_TARGET_ROOTS)
 
 
-def _chain(node: ast.AST) -> str | None:
+def attribute_chain(node: ast.AST) -> str | None:
     parts: list[str] = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
@@ -269,7 +274,7 @@ def check_expression(text: str, aliases: Mapping[str, str] | None = None) -> str
                 return _name_reason(node.id) or f"name {node.id!r} is not allowed"
             if reason := _resolve(known[node.id], ALLOWED_EXPR_ROOTS):
                 return reason
-        chain = _chain(node) if isinstance(node, ast.Attribute) else None
+        chain = attribute_chain(node) if isinstance(node, ast.Attribute) else None
         if chain and chain.split(".")[0] in known and chain.split(".")[0] not in local:
             root, _, rest = chain.partition(".")
             if reason := _resolve(f"{known[root]}.{rest}", ALLOWED_EXPR_ROOTS):
@@ -347,6 +352,6 @@ def find_absolute_paths(data: Any, rel: str) -> list[tuple[str, str]]:
         if value.startswith("$"):
             if any(_ABS_IN_EXPR.match(c) for c in re.findall(r"""['"]([^'"]*)['"]""", value)):
                 found.append((item, value))
-        elif _ABS.match(value) and value != "/":
+        elif ABS_PATH.match(value) and value != "/":
             found.append((item, value))
     return found

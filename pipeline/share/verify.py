@@ -25,9 +25,9 @@ from pipeline.share.files import (
     SCHEMA_NAME,
     SCHEMA_SHA256,
     WEIGHT_SUFFIXES,
-    _files,
-    _network_config,
+    bundle_files,
     load_config,
+    network_config,
     schema_path,
     sha256_file,
 )
@@ -42,7 +42,7 @@ from pipeline.share.report import (
     BundleVerificationError,
     ShareError,
     VerifyReport,
-    _first_line,
+    first_line,
 )
 from pipeline.share.scan import collect_imports, scan_config
 
@@ -90,7 +90,7 @@ def _check_manifest(report: VerifyReport, root: Path, files: list[str]) -> None:
         report.add("manifest", MANIFEST, PASS, f"{len(listed)} files match sha256 and size")
 
 
-def _check_schema(report: VerifyReport, meta_file: Path) -> None:
+def check_schema(report: VerifyReport, meta_file: Path) -> None:
     from monai.bundle import verify_metadata
 
     try:
@@ -103,12 +103,12 @@ def _check_schema(report: VerifyReport, meta_file: Path) -> None:
                 hash_type="sha256",
             )
     except Exception as e:  # jsonschema/ValueError/parse errors all mean "invalid"
-        report.add("schema", "configs/metadata.json", FAIL, f"{_first_line(e)[:300]}")
+        report.add("schema", "configs/metadata.json", FAIL, f"{first_line(e)[:300]}")
         return
     report.add("schema", "configs/metadata.json", PASS, f"valid against bundled {SCHEMA_NAME}")
 
 
-def _check_code(report: VerifyReport, root: Path, files: list[str], trust: Iterable[str], trust_all: bool) -> None:
+def check_code(report: VerifyReport, root: Path, files: list[str], trust: Iterable[str], trust_all: bool) -> None:
     configs = [f for f in files if f.startswith("configs/") and f.endswith((".json", ".yaml", ".yml"))]
     parsed: dict[str, Any] = {}
     aliases: dict[str, str] = {}
@@ -116,7 +116,7 @@ def _check_code(report: VerifyReport, root: Path, files: list[str], trust: Itera
         try:
             parsed[rel] = load_config(root / rel)
         except Exception as e:
-            report.add("code", rel, FAIL, f"cannot be parsed: {_first_line(e)[:200]}")
+            report.add("code", rel, FAIL, f"cannot be parsed: {first_line(e)[:200]}")
             continue
         aliases.update(collect_imports(parsed[rel]))
     items = [ci for rel, data in parsed.items() for ci in scan_config(data, rel, aliases)]
@@ -145,7 +145,7 @@ def _check_weights(report: VerifyReport, root: Path, files: list[str]) -> None:
         try:
             obj = torch.load(root / rel, map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError for pickled code; anything else is also a refusal
-            report.add("weights", rel, FAIL, f"refused by torch.load(weights_only=True): {_first_line(e)[:200]}")
+            report.add("weights", rel, FAIL, f"refused by torch.load(weights_only=True): {first_line(e)[:200]}")
             continue
         n = len(obj) if isinstance(obj, dict) else 0
         report.add("weights", rel, PASS, f"loads with weights_only=True ({n} entries)")
@@ -158,7 +158,7 @@ def _check_network(report: VerifyReport, root: Path) -> None:
     import torch
     from monai.bundle import ConfigParser, verify_net_in_out
 
-    config = _network_config(root)
+    config = network_config(root)
     if config is None:
         report.add(
             "network", "network_def", WARN, "no configs/inference.json or train.json defines network_def; skipped"
@@ -173,7 +173,7 @@ def _check_network(report: VerifyReport, root: Path) -> None:
             "network", f"{rel}#network_def", PASS, "verify_net_in_out: input/output shapes and dtypes match metadata"
         )
     except Exception as e:
-        report.add("network", f"{rel}#network_def", FAIL, f"verify_net_in_out: {_first_line(e)[:300]}")
+        report.add("network", f"{rel}#network_def", FAIL, f"verify_net_in_out: {first_line(e)[:300]}")
         return
     try:
         parser = ConfigParser()
@@ -186,7 +186,7 @@ def _check_network(report: VerifyReport, root: Path) -> None:
         net.load_state_dict(state, strict=True)
         report.add("network", "models/model.pt", PASS, "state dict matches network_def exactly (strict load)")
     except Exception as e:
-        report.add("network", "models/model.pt", FAIL, f"does not fit network_def: {_first_line(e)[:300]}")
+        report.add("network", "models/model.pt", FAIL, f"does not fit network_def: {first_line(e)[:300]}")
 
 
 def verify_dir(
@@ -195,7 +195,7 @@ def verify_dir(
     """Verify an extracted bundle directory, appending to ``report`` (see :func:`verify_bundle`)."""
     root = Path(root)
     trust = list(trust)
-    files, odd = _files(root)
+    files, odd = bundle_files(root)
     for rel in odd:
         report.add("files", rel, FAIL, "symbolic link or special file; shared bundles hold regular files only")
     for rel in files:
@@ -214,8 +214,8 @@ def verify_dir(
         report.add("schema", "configs/metadata.json", FAIL, f"missing or not JSON ({type(e).__name__})")
     _check_manifest(report, root, files)
     if meta_file.is_file():
-        _check_schema(report, meta_file)
-    _check_code(report, root, files, trust, trust_all)
+        check_schema(report, meta_file)
+    check_code(report, root, files, trust, trust_all)
     _check_weights(report, root, files)
     prov = root / PROVENANCE
     text = prov.read_text(encoding="utf-8", errors="replace") if prov.is_file() else ""
@@ -234,7 +234,7 @@ def verify_dir(
     return report
 
 
-def _verify_zip_into(
+def verify_zip_into(
     zip_path: Path, dest: Path, report: VerifyReport, limits: ZipLimits, expected_sha256: str | None
 ) -> Path | None:
     """Check and extract a zip into ``dest``; returns the bundle dir, or None if the archive was refused."""
@@ -298,7 +298,7 @@ def verify_bundle(
         verify_dir(path, report, trust, trust_all, check_network)
     elif path.is_file():
         with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as tmp:
-            root = _verify_zip_into(path, Path(tmp), report, limits, expected_sha256)
+            root = verify_zip_into(path, Path(tmp), report, limits, expected_sha256)
             if root is not None:
                 verify_dir(root, report, trust, trust_all, check_network)
     else:

@@ -23,7 +23,7 @@ def bump_version(version: str, part: str) -> str:
     ]
 
 
-def _update_changelog(meta: dict, bump: str | None, notes: str | None) -> str:
+def update_changelog(meta: dict, bump: str | None, notes: str | None) -> str:
     version, changelog = str(meta.get("version", "")), meta.get("changelog") or {}
     if not _SEMVER.fullmatch(version) or not isinstance(changelog, dict):
         raise ShareError(

@@ -16,9 +16,9 @@ from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 from monai.networks.nets import ResNet
 from PIL import Image
 
+from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, stage_bundle
 from pipeline.cli import main
-from pipeline.demo import bundle_command, configure_bundle, run_bundle, stage_bundle
-from pipeline.synthetic2d import SITES_2D, make_case_2d
+from pipeline.data.synthetic2d import SITES_2D, make_case_2d
 from tests.conftest import REPO, SCHEMA
 
 BUNDLE_2D = REPO / "bundles" / "transfer_2d_segmentation"
@@ -47,7 +47,7 @@ def test_config_parses_and_network_instantiates(files):
     if "inference.json" not in files:
         assert parser.get_parsed_content("train#preprocessing") is not None
         assert parser.get_parsed_content("validate#preprocessing") is not None
-        assert parser.get("data_check")["_target_"] == "pipeline.images2d.check_training_data_2d"
+        assert parser.get("data_check")["_target_"] == "pipeline.checks.dataset.check_training_data"
     else:
         assert parser.get_parsed_content("preprocessing") is not None
         assert list(parser.get_parsed_content("inferer").roi_size) == [128, 128]
@@ -87,7 +87,7 @@ def test_imagenet_torchvision_weights_load_into_six_channels(tmp_path):
     src = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, n_input_channels=3, num_classes=1000)
     torch.save(src.state_dict(), tmp_path / "resnet18-f37072fd.pth")
     parser = _parser("train.json", in_channels=6, pretrained=str(tmp_path / "resnet18-f37072fd.pth"))
-    net = parser.get_parsed_content("network_def")
+    net = parser.get_parsed_content("network")
     report = net.load_report
     assert report.source_format == "resnet" and set(report.skipped_by_pattern) == {"fc.weight", "fc.bias"}
     assert report.adapted == [
@@ -161,7 +161,10 @@ def test_mixed_sizes_train_evaluate_infer_png_masks_at_input_size(tmp_path):
 
     eval_dir = tmp_path / "eval"
     values = {"dataset_dir": str(data), "eval_dir": str(eval_dir)}
-    run_bundle(bundle_command(root, "evaluating", ["train.json", "evaluate.json"], values), logs / "e")
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "models").iterdir()}
+    # the model-zoo command: no run id, so MONAI runs "run", which evaluate.json overrides (it must not train)
+    run_bundle(bundle_command(root, None, ["train.json", "evaluate.json"], values), logs / "e")
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "models").iterdir()} == before
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["classes"]) == {"grain", "pore"} and summary["n_cases"] == 2
     assert (eval_dir / "metrics_per_case.csv").read_text().count("\n") == 1 + 2 * 2  # header + 2 cases x 2 classes

@@ -61,14 +61,14 @@ def test_verify_net_in_out():
     )
 
 
-def _bundle_cmd(run_id: str, bundle_root: Path, configs: list[str], **overrides) -> list[str]:
+def _bundle_cmd(run_id: str | None, bundle_root: Path, configs: list[str], **overrides) -> list[str]:
     config_file = [str(CONFIGS / c) for c in configs]
     cmd = [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
-        run_id,
+        *([run_id] if run_id else []),  # None: MONAI's default run id "run", as model-zoo commands
         "--config_file",
         json.dumps(config_file) if len(config_file) > 1 else config_file[0],
         "--meta_file",
@@ -114,11 +114,12 @@ def test_train_evaluate_infer_end_to_end(tiny_dataset_3d, tmp_path):
     assert {"val/dice/organ", "val/dice/lesion", "val/iou/vessel", "val_mean_dice"} <= tags
 
     eval_dir = tmp_path / "eval"
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "models").iterdir()}
+    # the model-zoo command: no run id, so MONAI runs "run", which evaluate.json overrides (it must not train)
     _run(
-        _bundle_cmd(
-            "evaluating", root, ["train.json", "evaluate.json"], dataset_dir=tiny_dataset_3d, eval_dir=eval_dir, **TINY
-        )
+        _bundle_cmd(None, root, ["train.json", "evaluate.json"], dataset_dir=tiny_dataset_3d, eval_dir=eval_dir, **TINY)
     )
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "models").iterdir()} == before
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert set(summary["classes"]) == {"organ", "vessel", "lesion"}
     assert (eval_dir / "metrics_per_case.csv").read_text().count("\n") == 1 + 3  # header + 1 case x 3 classes

@@ -1,0 +1,96 @@
+"""Run bundle steps as a user types them: the ``python -m monai.bundle run`` command line, running it with its log, and
+staging/configuring a bundle copy for a site."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BundleRunError", "bundle_command", "configure_bundle", "run_bundle", "stage_bundle"]
+
+logger = logging.getLogger(__name__)
+
+
+class BundleRunError(RuntimeError):
+    """A bundle step (a `python -m monai.bundle run` subprocess) failed; the message names its log file."""
+
+
+def bundle_command(
+    bundle_root: str | Path,
+    run_id: str | None,
+    config_files: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    configs_dir: str | Path | None = None,
+) -> list[str]:
+    """The ``python -m monai.bundle run`` command line for a bundle step.
+
+    Args:
+        bundle_root: the bundle folder (``models/`` is read and written there).
+        run_id: ``training``, ``evaluating``, ``inferring``; None for MONAI's default ``run`` (with
+            ``["train.json", "evaluate.json"]`` it evaluates, as in the model zoo).
+        config_files: config file names inside ``configs_dir`` (later files override earlier ones).
+        overrides: ``--key value`` pairs; lists/dicts are passed as JSON.
+        configs_dir: where the configs are read from; default ``<bundle_root>/configs``.
+    """
+    configs = Path(configs_dir) if configs_dir is not None else Path(bundle_root) / "configs"
+    files = [str(configs / f) for f in config_files]
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", *([run_id] if run_id else []),
+        "--config_file", files[0] if len(files) == 1 else json.dumps(files),
+        "--meta_file", str(configs / "metadata.json"),
+        "--logging_file", str(configs / "logging.conf"),
+        "--bundle_root", str(bundle_root),
+    ]  # fmt: skip
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)]
+    return cmd
+
+
+def run_bundle(cmd: Sequence[str], log_file: str | Path) -> float:
+    """Run one bundle step, teeing nothing to the console; returns its wall time in seconds."""
+    log_file = Path(log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("running: %s", shlex.join(cmd))
+    start = time.perf_counter()
+    with open(log_file, "w") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = log_file.read_text()[-2000:]
+        raise BundleRunError(f"step failed (exit {proc.returncode}); see {log_file}. Last output:\n{tail}")
+    return elapsed
+
+
+def stage_bundle(src: str | Path, dst: str | Path) -> Path:
+    """Copy a bundle's configs/docs (not its weights) to ``dst``, the folder a site trains in."""
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "runs", "eval", "__pycache__"))
+    (dst / "models").mkdir()
+    return dst
+
+
+def configure_bundle(bundle_dir: str | Path, values: Mapping[str, Any]) -> None:
+    """Set top-level config values in a bundle copy's ``train.json`` and ``inference.json`` (what a site edits:
+    e.g. its intensity normalisation), so every later run of that bundle — training, evaluation, inference —
+    uses them without command-line overrides."""
+    for name in ("train.json", "inference.json"):
+        path = Path(bundle_dir) / "configs" / name
+        config = json.loads(path.read_text())
+        unknown = sorted(set(values) - set(config))
+        if unknown:
+            raise KeyError(f"{path}: no top-level ids {unknown}; cannot configure them.")
+        config.update(values)
+        path.write_text(json.dumps(config, indent=4) + "\n")
