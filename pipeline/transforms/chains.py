@@ -36,9 +36,10 @@ from pipeline.transforms.sampling import sampling_transforms
 
 __all__ = [
     "DEFAULT_PIXDIM",
+    "CaseCompose",
+    "CaseTransformError",
     "augment_transforms",
     "eval_postprocessing",
-    "infer_postprocessing",
     "infer_transforms",
     "load_transforms",
     "square_plane",
@@ -47,6 +48,46 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class CaseTransformError(RuntimeError):
+    """A transform of a chain failed on one case; the message starts with the case's file."""
+
+
+def _case_of(data: Any) -> str | None:
+    """The file a chain's input or intermediate item came from (``image`` first, then ``label``), if known."""
+    if isinstance(data, (list, tuple)):  # patch samples of one case
+        return _case_of(data[0]) if data else None
+    if not isinstance(data, Mapping):
+        return None
+    for key in ("image", "label"):
+        value = data.get(key)
+        if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+            return str(value)
+        meta = getattr(value, "meta", None)
+        if isinstance(meta, Mapping) and meta.get("filename_or_obj"):
+            return str(meta["filename_or_obj"])
+    return None
+
+
+class CaseCompose(mt.Compose):
+    """``Compose`` whose failures name the case: any exception inside becomes a :class:`CaseTransformError`
+    ``"<file>: <what went wrong>"`` (MONAI's ``applying transform ...`` wrapper removed), whether it happens while
+    ``CacheDataset`` caches the deterministic head (in its worker threads) or while drawing random patches."""
+
+    def __call__(self, input_: Any, start: int = 0, end: int | None = None, threading: bool = False, lazy: Any = None):
+        try:
+            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
+        except CaseTransformError:
+            raise
+        except Exception as e:
+            cause: BaseException = e
+            while cause.__cause__ is not None and str(cause).startswith("applying transform"):
+                cause = cause.__cause__
+            case = _case_of(input_) or "<case without a file name>"
+            text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            raise CaseTransformError(f"{case}: {type(cause).__name__}: {text}") from e
+
 
 #: default target spacing (mm) of the 3D chains; the 2D chains keep the native grid unless ``pixdim`` is given
 DEFAULT_PIXDIM: tuple[float, ...] = (1.5, 1.5, 2.0)
@@ -209,7 +250,7 @@ def train_transforms(
         chain += augment_transforms(keys, patch, rotate_prob=prob)
     chain.append(mt.DeleteItemsd(keys=_INDEX_KEYS))
     chain.append(mt.EnsureTyped(keys, dtype=None, track_meta=False))
-    return mt.Compose(chain)
+    return CaseCompose(chain)
 
 
 def square_plane(patch_size: Sequence[int]) -> tuple[int, int] | None:
@@ -263,7 +304,7 @@ def val_transforms(
     if crop_foreground if crop_foreground is not None else spatial_dims == 3:
         chain.append(mt.CropForegroundd(keys, source_key="image", margin=4, allow_smaller=True))
     chain.append(mt.EnsureTyped(keys))
-    return mt.Compose(chain)
+    return CaseCompose(chain)
 
 
 def infer_transforms(
@@ -279,7 +320,7 @@ def infer_transforms(
     """
     chain = _head(["image"], spatial_dims, _pixdim(pixdim, spatial_dims), intensity, in_channels, None, channel_dim)
     chain.append(mt.EnsureTyped("image"))
-    return mt.Compose(chain)
+    return CaseCompose(chain)
 
 
 def eval_postprocessing(num_classes: int, label: bool = True) -> mt.Compose:
@@ -288,30 +329,3 @@ def eval_postprocessing(num_classes: int, label: bool = True) -> mt.Compose:
     if label:
         chain.append(mt.AsDiscreted("label", to_onehot=num_classes))
     return mt.Compose(chain)
-
-
-def infer_postprocessing(
-    preprocessing: mt.InvertibleTransform,
-    output_dir: str,
-    output_postfix: str = "seg",
-    separate_folder: bool = False,
-    data_root_dir: str = "",
-) -> mt.Compose:
-    """Logits → label map in the input's original grid (shape and affine), saved as uint8 NIfTI."""
-    return mt.Compose(
-        [
-            mt.Activationsd("pred", softmax=True),
-            mt.Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True),
-            mt.AsDiscreted("pred", argmax=True),
-            mt.SaveImaged(
-                "pred",
-                output_dir=output_dir,
-                output_postfix=output_postfix,
-                output_dtype="uint8",
-                resample=False,
-                separate_folder=separate_folder,
-                data_root_dir=data_root_dir,
-                print_log=False,
-            ),
-        ]
-    )
