@@ -4,9 +4,11 @@ A series is every image that shares a ``SeriesInstanceUID`` (never one file = on
 the input folder. Files ending in ``.dcm``/``.dicom``/``.ima`` are DICOM; extension-less files (and files named by a
 UID, such as ``1.2.840.113619.2.55``) are DICOM when they carry the ``DICM`` preamble, otherwise they are left alone.
 
-A series becomes a volume only if it is one: single-frame images of the same size, orientation and pixel spacing,
-no localizer/projection images, at least two slices at distinct positions on one line along the slice normal, with a
-uniform step. Anything else raises :class:`DicomError` saying what is wrong (e.g. the gap where slices are missing).
+A series becomes a volume only if it is one: images (single-frame files, or the frames of enhanced multi-frame files,
+placed by their per-frame functional groups) of the same size, orientation and pixel spacing, no localizer/projection
+images, at least two slices at distinct positions on one line along the slice normal (a gantry-tilted stack, off the
+normal by more than :data:`MAX_TILT_DEGREES`, is refused, not resampled), with a uniform step; files may come in any
+order. Anything else raises :class:`DicomError` saying what is wrong (e.g. the gap where slices are missing).
 MONAI's ``PydicomReader`` stacks any folder it is given (projections, mixed series, gaps) without a word, so it is
 not used here.
 
@@ -31,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "DICOM_SUFFIXES",
+    "MAX_TILT_DEGREES",
     "DicomError",
     "DicomSeries",
     "SliceInfo",
@@ -44,6 +47,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
+#: slices stacked further than this off their normal are a gantry-tilted (sheared) series: refused
+MAX_TILT_DEGREES = 0.5
 _NOT_VOLUME_TYPES = {"LOCALIZER", "PROJECTION IMAGE", "SCOUT"}
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _TAGS = [
@@ -59,6 +64,8 @@ _TAGS = [
     "NumberOfFrames",
     "SamplesPerPixel",
     "SeriesDescription",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
 ]
 
 
@@ -78,6 +85,8 @@ class SliceInfo:
     columns: int
     frames: int
     image_type: tuple[str, ...]
+    frame: int | None = None  # index of the frame in a multi-frame (enhanced) file, None for a single-frame file
+    rescale: tuple[float, float] | None = None  # (slope, intercept) of that frame from its functional groups
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,8 @@ class DicomSeries:
 
     @property
     def files(self) -> list[str]:
-        return [s.path for s in self.slices]
+        """The series' files, each once (a multi-frame file holds several slices)."""
+        return list(dict.fromkeys(s.path for s in self.slices))
 
 
 def is_dicom_candidate(path: str | Path) -> bool:
@@ -132,6 +142,52 @@ def _slice_info(path: str, ds: Any) -> SliceInfo:
     )
 
 
+def _group(ds: Any, frame_groups: Any, name: str) -> Any:
+    """Item 0 of functional group ``name`` of one frame, else of the shared groups, else None."""
+    for groups in (frame_groups, (ds.get("SharedFunctionalGroupsSequence") or [None])[0]):
+        seq = groups.get(name) if groups is not None else None
+        if seq:
+            return seq[0]
+    return None
+
+
+def _frame_infos(path: str, ds: Any) -> list[SliceInfo]:
+    """One :class:`SliceInfo` per frame of an enhanced (functional-group) multi-frame image, from its per-frame and
+    shared ``PlanePosition``/``PlaneOrientation``/``PixelMeasures``/``PixelValueTransformation`` groups; a
+    multi-frame file without per-frame positions stays one entry (refused by :func:`series_geometry`)."""
+    base = _slice_info(path, ds)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != base.frames:
+        return [base]
+    out = []
+    for k, groups in enumerate(per_frame):
+        position, orientation = (
+            _group(ds, groups, "PlanePositionSequence"),
+            _group(ds, groups, "PlaneOrientationSequence"),
+        )
+        measures, rescale = (
+            _group(ds, groups, "PixelMeasuresSequence"),
+            _group(ds, groups, "PixelValueTransformationSequence"),
+        )
+        out.append(
+            SliceInfo(
+                path=path,
+                position=_floats(position.get("ImagePositionPatient")) if position else None,
+                orientation=_floats(orientation.get("ImageOrientationPatient")) if orientation else None,
+                pixel_spacing=_floats(measures.get("PixelSpacing")) if measures else None,
+                rows=base.rows,
+                columns=base.columns,
+                frames=base.frames,
+                image_type=base.image_type,
+                frame=k,
+                rescale=(float(rescale.get("RescaleSlope", 1)), float(rescale.get("RescaleIntercept", 0)))
+                if rescale
+                else None,
+            )
+        )
+    return out
+
+
 def find_dicom_series(
     files: Iterable[str | Path],
 ) -> tuple[list[DicomSeries], list[tuple[str, str]], list[tuple[str, str]]]:
@@ -168,17 +224,17 @@ def find_dicom_series(
             if not uid:
                 unreadable.append((path, "DICOM image without SeriesInstanceUID (0020,000E); cannot group it"))
                 continue
-            info = _slice_info(path, ds)
+            infos = _frame_infos(path, ds) if int(ds.get("NumberOfFrames") or 1) > 1 else [_slice_info(path, ds)]
         except Exception as e:  # pydicom raises many types on damaged files; each is one file's problem
             what = "no 'DICM' preamble" if isinstance(e, InvalidDicomError) else _one_line(e)
             unreadable.append((path, f"not a readable DICOM file ({what})"))
             continue
-        groups[uid].append(info)
+        groups[uid].extend(infos)
         meta.setdefault(uid, (modality, str(ds.get("SeriesDescription", ""))))
     series = []
     for uid, slices in groups.items():
         folder = os.path.commonpath([os.path.dirname(s.path) for s in slices])
-        slices.sort(key=lambda s: s.path)
+        slices.sort(key=lambda s: (s.path, s.frame or 0))
         series.append(DicomSeries(uid, folder, meta[uid][0], meta[uid][1], tuple(slices)))
     series.sort(key=lambda s: (s.folder, s.uid))
     return series, unreadable, ignored
@@ -211,8 +267,11 @@ def series_geometry(series: DicomSeries, tol: float = 0.1) -> tuple[list[SliceIn
     """
     sl = list(series.slices)
     where = f"DICOM series {series.uid} in {series.folder}"
-    if any(s.frames > 1 for s in sl):
-        raise DicomError(f"{where}: multi-frame images are not supported; convert the series to NIfTI (e.g. dcm2niix).")
+    if any(s.frames > 1 and s.frame is None for s in sl):
+        raise DicomError(
+            f"{where}: multi-frame image without per-frame positions (no PerFrameFunctionalGroupsSequence with "
+            "PlanePositionSequence); cannot place its frames. Convert the series to NIfTI (e.g. dcm2niix)."
+        )
     kinds = sorted({t for s in sl for t in s.image_type if t in _NOT_VOLUME_TYPES})
     if kinds:
         raise DicomError(f"{where}: not a volume: ImageType {kinds} (localizer/projection images); skip this series.")
@@ -270,6 +329,13 @@ def series_geometry(series: DicomSeries, tol: float = 0.1) -> tuple[list[SliceIn
     expected = pos[0] + np.arange(len(sl))[:, None] * slice_vec
     if np.abs(pos - expected).max() > max(tol * step, 0.01):
         raise DicomError(f"{where}: slice positions are not on one line along the slice normal; not one volume.")
+    tilt = float(np.degrees(np.arccos(np.clip(abs(slice_vec @ normal) / np.linalg.norm(slice_vec), -1.0, 1.0))))
+    if tilt > MAX_TILT_DEGREES:
+        raise DicomError(
+            f"{where}: gantry tilt: the slices are stacked {tilt:.1f} degrees off their normal (a sheared volume). "
+            "Tilted series are refused, not resampled. Fix: convert it with dcm2niix (which corrects the tilt) and "
+            "segment the NIfTI."
+        )
     dr, dc = pix[0]
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_cos * dc, col_cos * dr, slice_vec, pos[0]
@@ -293,8 +359,11 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     slices, affine = series_geometry(series)
     first = slices[0]
     volume = np.empty((first.columns, first.rows, len(slices)), dtype=np.float32)
+    cache: dict[str, Any] = {}  # a multi-frame file is read once for all its frames
     for k, s in enumerate(slices):
-        ds = pydicom.dcmread(s.path)
+        ds = cache.get(s.path) or pydicom.dcmread(s.path)
+        if s.frame is not None:
+            cache = {s.path: ds}
         if int(ds.get("SamplesPerPixel", 1)) != 1:
             raise DicomError(
                 f"{s.path}: {ds.get('PhotometricInterpretation')} colour image; expected one grey channel."
@@ -308,6 +377,14 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
                 f"{s.path}: cannot decode pixel data ({name}): {e}. Install a decoder (pylibjpeg, gdcm) or "
                 "decompress the series (e.g. gdcmconv --raw)."
             ) from e
+        if s.frame is not None:
+            if arr.shape != (s.frames, s.rows, s.columns):
+                raise DicomError(
+                    f"{s.path}: pixel data has shape {arr.shape}, header says {(s.frames, s.rows, s.columns)} frames."
+                )
+            slope, intercept = s.rescale or (float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0)))
+            volume[:, :, k] = (arr[s.frame].astype(np.float32) * slope + intercept).T
+            continue
         if arr.shape != (s.rows, s.columns):
             raise DicomError(f"{s.path}: pixel data has shape {arr.shape}, header says {(s.rows, s.columns)}.")
         volume[:, :, k] = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32).T
