@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "is_dicom_candidate",
     "read_series",
     "series_geometry",
+    "segment_concepts",
     "write_dicom_seg",
 ]
 
@@ -391,14 +393,65 @@ def read_series(series: DicomSeries) -> tuple[np.ndarray, np.ndarray]:
     return volume, affine
 
 
-def write_dicom_seg(series: DicomSeries, labels: np.ndarray, class_names: Mapping[int, str]) -> bytes:
-    """Encode a label volume as a DICOM Segmentation (highdicom) referencing the series' images.
+_ABNORMAL = ("Lesion", "Neoplasm", "Tumor", "Tumour", "Mass", "Nodule", "Cyst", "Metastasis")
+
+
+def segment_concepts(name: str) -> tuple[Any, Any]:
+    """``(segmented property category, type)`` codes for a class name.
+
+    A name that is a SNOMED CT concept in pydicom's code dictionary (``liver``, ``left kidney``, ``hippocampus``,
+    ``lesion``) gets that concept (category *Morphologically Abnormal Structure* for lesions, tumours, nodules, cysts,
+    masses and metastases, else *Anatomical Structure*); any other name gets the honest generic pair *Tissue* /
+    *Tissue* (the segment label keeps the name).
+    """
+    from pydicom.sr.codedict import codes
+
+    key = "".join(part.capitalize() for part in str(name).replace("_", " ").replace("-", " ").split())
+    try:
+        concept = getattr(codes.SCT, key)
+    except AttributeError:
+        concept = None
+    abnormal = any(word.lower() in str(name).lower() for word in _ABNORMAL)
+    if concept is None:
+        return (codes.cid7150.MorphologicallyAbnormalStructure, codes.SCT.Lesion) if abnormal else (
+            codes.cid7150.Tissue, codes.SCT.Tissue)  # fmt: skip
+    category = codes.cid7150.MorphologicallyAbnormalStructure if abnormal else codes.cid7150.AnatomicalStructure
+    return category, concept
+
+
+def _character_set(source: Any) -> str | list[str]:
+    """The source's SpecificCharacterSet when highdicom accepts it; else UTF-8 (``ISO_IR 192``), which is a superset of
+    the default repertoire an empty value means (GE and other scanners write an empty one)."""
+    import highdicom as hd
+
+    valid = {m.value for m in hd.SpecificCharacterSetValues}
+    value = source.get("SpecificCharacterSet")
+    values = [value] if isinstance(value, str) else list(value or [])
+    if values and all(isinstance(v, str) and v in valid for v in values):
+        return values[0] if len(values) == 1 else values
+    return "ISO_IR 192"
+
+
+def write_dicom_seg(
+    series: DicomSeries,
+    labels: np.ndarray,
+    class_names: Mapping[int, str],
+    probabilities: np.ndarray | None = None,
+) -> bytes:
+    """Encode a label volume (BINARY) or class probabilities (FRACTIONAL) as a DICOM Segmentation referencing the
+    series' images (highdicom).
+
+    Every class but background is a segment, numbered by its label value, labelled with its class name and coded
+    with :func:`segment_concepts`; a class absent from the volume is still a segment (its frames are written empty,
+    ``omit_empty_frames=False``), so segment numbers always equal label values.
 
     Args:
         series: the source series.
         labels: ``(Columns, Rows, n_slices)`` uint8, the grid :func:`read_series` returned; value ``v > 0`` is
             segment ``v`` named ``class_names[v]``.
         class_names: label value -> name (background 0 is not a segment).
+        probabilities: ``(Columns, Rows, n_slices, C)`` float in [0, 1] (C = classes incl. background): a FRACTIONAL
+            SEG of classes 1..C-1 instead of the BINARY one.
 
     Returns:
         the DICOM SEG file as bytes.
@@ -419,18 +472,40 @@ def write_dicom_seg(series: DicomSeries, labels: np.ndarray, class_names: Mappin
         hd.seg.SegmentDescription(
             segment_number=value,
             segment_label=str(name)[:64],
-            segmented_property_category=codes.cid7150.AnatomicalStructure,
-            segmented_property_type=codes.SCT.Organ,
+            segmented_property_category=segment_concepts(name)[0],
+            segmented_property_type=segment_concepts(name)[1],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
         for value, name in sorted(class_names.items())
         if value > 0
     ]
-    seg = hd.seg.Segmentation(
+    if probabilities is None:
+        # one-hot of classes 1..N as (frames, rows, columns, segments): an empty class stays a (blank) segment
+        values = [v for v, _ in sorted(class_names.items()) if v > 0]
+        pixels = np.stack([labels == v for v in values], axis=-1).transpose(2, 1, 0, 3).astype(np.uint8)
+        kind = hd.seg.SegmentationTypeValues.BINARY
+    else:
+        if probabilities.shape[:3] != labels.shape or probabilities.shape[3] != len(class_names):
+            raise ValueError(
+                f"'probabilities' must have shape {(*labels.shape, len(class_names))} (the labels' grid x classes), "
+                f"got {probabilities.shape}."
+            )
+        pixels = np.clip(probabilities[..., 1:], 0.0, 1.0).transpose(2, 1, 0, 3).astype(np.float32)
+        kind = hd.seg.SegmentationTypeValues.FRACTIONAL
+    with warnings.catch_warnings():  # scanners write one-component patient names; highdicom warns about each
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = _segmentation(hd, sources, pixels, kind, descriptions)
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue()
+
+
+def _segmentation(hd: Any, sources: list[Any], pixels: np.ndarray, kind: Any, descriptions: list[Any]) -> Any:
+    return hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=np.ascontiguousarray(labels.transpose(2, 1, 0)),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        pixel_array=np.ascontiguousarray(pixels),
+        segmentation_type=kind,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=9000,
@@ -441,7 +516,6 @@ def write_dicom_seg(series: DicomSeries, labels: np.ndarray, class_names: Mappin
         software_versions="0.1.0",
         device_serial_number="0",
         omit_empty_frames=False,
+        max_fractional_value=255,
+        specific_character_set=_character_set(sources[0]),
     )
-    buf = io.BytesIO()
-    seg.save_as(buf)
-    return buf.getvalue()
