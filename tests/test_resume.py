@@ -61,15 +61,19 @@ def make_run(ckpt_dir: Path, resume: bool = False, crash_at_epoch: int | None = 
     trainer, evaluator, counter = Engine(step), Engine(lambda e, b: None), Counter()
     evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1.0, -1
 
+    evaluator.history = []  # epochs validated by this run
+
     @evaluator.on(Events.EPOCH_COMPLETED)
     def score(e):  # what MONAI's evaluator does with its key metric, run by ValidationHandler at the trainer's epoch
         e.state.epoch = trainer.state.epoch
+        e.history.append(trainer.state.epoch)
         e.state.metrics = {"acc": SCORES[trainer.state.epoch]}
         if e.state.metrics["acc"] > e.state.best_metric:
             e.state.best_metric, e.state.best_metric_epoch = e.state.metrics["acc"], trainer.state.epoch
 
     evaluator.state.key_metric_name = "acc"
     BestModelSaver(net, ckpt_dir, "model.pt").attach(evaluator)
+    kwargs.setdefault("validate", lambda epoch: evaluator.run([0]))  # as ValidationHandler runs a MONAI evaluator
     ckpt = TrainingCheckpointer(
         ckpt_dir, net, opt, evaluator=evaluator, to_save={"counter": counter}, resume=resume, **kwargs
     )

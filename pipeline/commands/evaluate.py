@@ -1,4 +1,10 @@
-"""``python -m pipeline evaluate``: score saved NIfTI predictions against reference labels, per case and class."""
+"""``python -m pipeline evaluate``: score saved NIfTI predictions against reference labels, per case and class.
+
+Every file is checked before anything is scored, and a bad one stops the run with one line naming it: an unreadable,
+empty or truncated file; non-integer values (0.5: a probability or interpolated map, never rounded silently); a
+prediction on another grid than its label (shape, origin, orientation): refused unless ``--resample`` asks to resample
+it onto the label's grid (nearest neighbour).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,115 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred-postfix", default="seg", help="strip '_<postfix>' from prediction names (default: seg)")
     parser.add_argument("--include-background", action="store_true", help="also report class 0")
     parser.add_argument("--allow-unpaired", action="store_true", help="evaluate the pairs found, warn about the rest")
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample a prediction on another grid than its label onto the label's grid (nearest neighbour)",
+    )
+
+
+_FIX = {
+    "prediction": "re-run inference for this case (python -m pipeline infer ... --overwrite) or remove the file",
+    "label": "replace it with a good copy",
+}
+
+
+def _unreadable(path: Path, what: str, e: BaseException) -> ValueError:
+    reason = " ".join(str(e).split())[:200] or type(e).__name__
+    return ValueError(
+        f"{what} {path} cannot be read ({reason}); expected a complete NIfTI label map (probably truncated: "
+        f"killed while writing, or copied incompletely). Fix: {_FIX[what]}."
+    )
+
+
+def _read_label_map(path: Path, what: str) -> tuple[Any, Any]:
+    """``(image, integer array)`` of a NIfTI label map.
+
+    Raises:
+        ValueError: one line naming the file: empty, unreadable/truncated, or holding non-integer values.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ValueError("the file is empty (0 bytes)")
+        img: Any = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except OSError as e:  # permission denied, a symlink loop, ...: the file itself is not the problem
+        if e.errno is None:  # gzip's "not a gzipped file" / EOF errors are OSErrors without errno
+            raise _unreadable(path, what, e) from e
+        raise ValueError(
+            f"{what} {path} cannot be opened ({e.strerror}, errno {e.errno}). Fix: check its permissions and path."
+        ) from e
+    except Exception as e:  # nibabel, gzip and zlib errors all mean "cannot read it"
+        raise _unreadable(path, what, e) from e
+    if not np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_:
+        bad = arr != np.rint(arr)  # also NaN
+        if bad.any():
+            raise ValueError(
+                f"{what} {path} holds non-integer values (e.g. {float(arr[bad].flat[0]):g}, {int(bad.sum())} voxels); "
+                f"expected integer class labels. Fix: save {what}s as label maps (argmax of the probabilities, "
+                "nearest-neighbour resampling), not probabilities or interpolated values."
+            )
+    return img, arr.astype(np.int64)
+
+
+def _grid_difference(pred_img: Any, pred_shape: tuple[int, ...], label_img: Any, shape: tuple[int, ...]) -> str:
+    """What differs between two voxel grids, e.g. ``"origin 20.0 mm apart, orientation RPS vs RAS"``; "" if none."""
+    import nibabel as nib
+    import numpy as np
+
+    parts = []
+    if pred_shape != shape:
+        parts.append(f"shape {pred_shape} vs {shape}")
+    a, b = np.asarray(pred_img.affine, dtype=float), np.asarray(label_img.affine, dtype=float)
+    if not np.allclose(a, b, atol=1e-3):
+        shift = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+        if shift > 1e-3:
+            parts.append(f"origin {shift:.1f} mm apart")
+        codes = "".join(nib.aff2axcodes(a)), "".join(nib.aff2axcodes(b))
+        if codes[0] != codes[1]:
+            parts.append(f"orientation {codes[0]} vs {codes[1]}")
+        zooms = tuple(tuple(round(float(z), 3) for z in np.linalg.norm(m[:3, :3], axis=0)) for m in (a, b))
+        if zooms[0] != zooms[1]:
+            parts.append(f"spacing {zooms[0]} vs {zooms[1]} mm")
+        if len(parts) == (pred_shape != shape):
+            parts.append("direction differs")
+    return ", ".join(parts)
+
+
+def _load_pair(case: str, pred_path: Path, label_path: Path, resample: bool) -> tuple[Any, Any, tuple[float, ...]]:
+    """``(prediction, label, label spacing)`` on the label's grid.
+
+    Raises:
+        ValueError: a file is bad (see :func:`_read_label_map`), or the prediction is on another grid and ``resample``
+            is False; one line naming both files and the fix.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    label_img, label = _read_label_map(label_path, "label")
+    pred_img, pred = _read_label_map(pred_path, "prediction")
+    if pred.ndim > label.ndim and all(n == 1 for n in pred.shape[label.ndim :]):
+        pred = pred.reshape(pred.shape[: label.ndim])
+    diff = _grid_difference(pred_img, pred.shape, label_img, label.shape)
+    if diff and not resample:
+        raise ValueError(
+            f"case {case!r}: prediction {pred_path} and label {label_path} are on different grids ({diff}); scoring "
+            "them voxel by voxel would compare different places. Fix: save predictions in the label's grid (python "
+            "-m pipeline infer does), or pass --resample to resample each prediction onto its label's grid."
+        )
+    if diff:
+        from nibabel.processing import resample_from_to
+
+        src = nib.Nifti1Image(pred.astype(np.int16), pred_img.affine)
+        dst = (label.shape, label_img.affine)
+        pred = np.asanyarray(resample_from_to(src, dst, order=0, mode="constant", cval=0).dataobj).astype(np.int64)
+        print(f"note: case {case!r}: resampled {pred_path} onto the grid of {label_path} ({diff}).")
+    zooms = tuple(float(z) for z in label_img.header.get_zooms()[: label.ndim])
+    return pred, label, zooms
 
 
 def _files(folder: Path) -> list[Path]:
@@ -120,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import nibabel as nib
     import numpy as np
 
     from pipeline.evaluation.metrics import case_metrics, summarize, write_evaluation
@@ -141,28 +255,16 @@ def _run(args: argparse.Namespace) -> int:
     loaded: dict[str, tuple[Any, Any, tuple[float, ...]]] = {}
     values: set[int] = set()
     for case, (pred_path, label_path) in pairs.items():
-        label_img: Any = nib.load(str(label_path))
-        pred_img: Any = nib.load(str(pred_path))
-        label = np.asanyarray(label_img.dataobj)
-        pred = np.asanyarray(pred_img.dataobj)
-        pred = pred.reshape(pred.shape[: label.ndim]) if pred.ndim > label.ndim else pred
-        if pred.shape != label.shape:
-            raise ValueError(
-                f"case {case!r}: prediction {pred_path} has shape {pred.shape}, label {label_path} has {label.shape}; "
-                "save predictions in the label's space."
-            )
-        if not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
-            print(f"warning: case {case!r}: prediction and label affines differ; comparing voxel by voxel.")
+        pred, label, zooms = _load_pair(case, pred_path, label_path, args.resample)
         values |= {int(v) for v in np.unique(label)}
-        zooms = tuple(float(z) for z in label_img.header.get_zooms()[: label.ndim])
         loaded[case] = (pred, label, zooms)
 
     class_names = _class_names(args, values)
     rows = []
     for case, (pred, label, zooms) in loaded.items():
         rows += case_metrics(
-            np.rint(pred)[None].astype(np.int64),
-            np.rint(label)[None].astype(np.int64),
+            pred[None],
+            label[None],
             class_names,
             spacing=zooms,
             include_background=args.include_background,

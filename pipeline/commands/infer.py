@@ -3,8 +3,10 @@
 The engine is the bundle's own ``batch_inference`` (:func:`pipeline.inference.bundle.from_bundle`), the very component
 ``python -m monai.bundle run inferring`` runs, so the command and the bundle write the same masks. Each flag sets one
 bundle id (:data:`FLAG_IDS`); a flag left out keeps the bundle's value.
-Exit code: 0 all inputs processed or skipped, 3 some failed (see ``failures.csv``), 1 usage/config error,
-130 interrupted.
+The output folder is checked (created, a write probe) before the model loads, and locked for the run: a second
+``infer`` on the same folder stops with one line naming the PID that holds it.
+Exit code: 0 all inputs processed or skipped, 3 some failed (see ``failures.csv``), 1 usage/config error (an unusable
+or locked output folder too), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -60,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.bundle.config import BundleError
     from pipeline.data.datalist import DatalistError
     from pipeline.inference.bundle import from_bundle
+    from pipeline.inference.output import OutputFolderError, check_output_dir
 
     try:
+        check_output_dir(args.output_dir)  # before the model loads: a bad folder costs nothing
         engine = from_bundle(args.bundle, args.checkpoint, bundle_overrides(args))
         with logging_redirect_tqdm():
             report = engine.run(args.input_dir, args.output_dir)
-    except (BundleError, DatalistError, FileNotFoundError, ValueError, ImportError) as e:
+    except (BundleError, DatalistError, OutputFolderError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n_proc, n_skip, n_fail = len(report.processed), len(report.skipped), len(report.failed)

@@ -7,8 +7,13 @@ explicitly: the network, optimizer, AMP scaler, trainer state, the evaluator's b
 ``to_save`` (anything with ``state_dict``/``load_state_dict``, e.g. ``StagedUnfreezeHandler`` or an LR scheduler, as in
 Ignite's ``Checkpoint(to_save)``), the seed and the RNG states. :class:`BestModelSaver` (on the evaluator) writes
 ``model.pt`` when the evaluator's key metric reaches a new best. Every file is written to a temp file, fsynced and
-renamed (``os.replace``), so a crash never leaves a half-written file under a real name. How to resume:
-``docs/troubleshooting.md``.
+renamed (``os.replace``), so a crash never leaves a half-written file under a real name.
+
+Resume checks what it restores: temp files of killed writes are removed; unloadable checkpoints are moved to
+``ckpt_dir/corrupt/`` (never deleted, never overwritten), and when none is left the run stops instead of silently
+starting over; an epoch whose validation was cut short by SIGTERM/SIGINT (its checkpoint says
+``validation_pending``) is validated again before training goes on, so no best model is missed and the metric history
+has no hole. Nothing depends on ``model.pt`` being there. How to resume: ``docs/troubleshooting.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import datetime
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +30,24 @@ from torch import nn
 
 from pipeline.handlers.checkpoint_files import (
     CHECKPOINT_FORMAT,
+    CORRUPT_DIR,
     CheckpointError,
     atomic_save,
+    describe_mismatch,
     find_latest_checkpoint,
     latest_checkpoint,
     list_checkpoints,
+    move_aside,
     remove_stale_temps,
 )
 from pipeline.handlers.run_state import get_rng_state, plain, set_rng_state, write_run_info
 from pipeline.networks.unet import unwrap
 
-__all__ = ["BestModelSaver", "TrainingCheckpointer"]
+__all__ = ["BestModelSaver", "CheckpointSettingError", "TrainingCheckpointer"]
+
+
+class CheckpointSettingError(CheckpointError, ValueError):
+    """A checkpointer setting (``resume``, ``keep_last``, ...) has a wrong value; the message names it and the fix."""
 
 
 def _is_rank0() -> bool:
@@ -66,10 +78,16 @@ class TrainingCheckpointer:
         seed: recorded in checkpoints and ``run_info.json``.
         output_dir: where ``run_info.json`` is written; None: not written.
         handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only).
+        validate: ``validate(epoch)`` validates that epoch again after a resume whose checkpoint says its validation
+            was cut short; None: ``evaluator.run(epoch)`` for a MONAI ``Evaluator`` (what ``ValidationHandler``
+            calls), else a warning.
 
     Raises:
+        CheckpointSettingError: ``resume`` is not True/False (``--resume yes``), or ``keep_last``/``every_n_epochs``
+            is not an integer >= 1.
         CheckpointError: at construction, when ``resume`` is False but ``ckpt_dir`` already holds checkpoints of
-            an earlier run (continue it with ``resume=True``, or move them away).
+            an earlier run (continue it with ``resume=True``, or move them away); at the start of a resumed run, when
+            every checkpoint is unloadable (they are moved to ``ckpt_dir/corrupt/``) or one does not fit the network.
     """
 
     def __init__(
@@ -86,18 +104,23 @@ class TrainingCheckpointer:
         seed: int | None = None,
         output_dir: str | Path | None = None,
         handle_signals: bool = True,
+        validate: Callable[[int], Any] | None = None,
     ) -> None:
         if isinstance(resume, str) and resume.lower() in ("true", "false"):
             resume = resume.lower() == "true"
         if not isinstance(resume, bool):
-            raise ValueError(f"'resume' must be True or False, got {resume!r}. Write --resume True (capital T).")
+            raise CheckpointSettingError(
+                f"'resume' must be True or False, got {resume!r}. Fix: pass --resume True to continue the run in "
+                f"{ckpt_dir}, or --resume False to start a new one (capital T/F: other spellings arrive as strings)."
+            )
         for name, value in (("keep_last", keep_last), ("every_n_epochs", every_n_epochs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"'{name}' must be an integer >= 1, got {value!r}.")
+                raise CheckpointSettingError(f"'{name}' must be an integer >= 1, got {value!r}. Fix: e.g. --{name} 2.")
         self.ckpt_dir, self.network, self.optimizer, self.evaluator = Path(ckpt_dir), network, optimizer, evaluator
         self.dataset, self.resume, self.keep_last = dataset, resume, keep_last
         self.every_n_epochs, self.seed, self.handle_signals = every_n_epochs, seed, handle_signals
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.validate = validate
         self.to_save: dict[str, Any] = {}
         for key, obj in dict(to_save or {}).items():
             if obj is None:
@@ -120,6 +143,8 @@ class TrainingCheckpointer:
         self._signal: int | None = None
         self._previous: dict[int, Any] = {}
         self._started = False
+        self._epoch_end = False  # the epoch's last iteration is done, its EPOCH_COMPLETED handlers not all yet
+        self._raising = False
 
     # -------------------------------------------------------------------------------------------- state
     def checkpoint(self, engine: Any, reason: str = "epoch") -> dict[str, Any]:
@@ -130,6 +155,8 @@ class TrainingCheckpointer:
             {
                 "format": CHECKPOINT_FORMAT,
                 "reason": reason,
+                # the epoch's training is done, its validation (EPOCH_COMPLETED) was cut short: redo it on resume
+                "validation_pending": self._epoch_end and (self._signal is not None or self._raising),
                 "epoch": int(engine.state.iteration // max(1, engine.state.epoch_length or 1)),
                 "iteration": int(engine.state.iteration),
                 "seed": self.seed,
@@ -150,16 +177,23 @@ class TrainingCheckpointer:
             }
         )
 
-    def restore(self, engine: Any, ckpt: Mapping[str, Any]) -> None:
+    def restore(self, engine: Any, ckpt: Mapping[str, Any], path: str | Path | None = None) -> None:
         """Load ``ckpt`` into the network, optimizer, schedulers, handlers, evaluator, RNGs and ``engine``'s state
-        (``max_epochs`` stays the configured one)."""
+        (``max_epochs`` stays the configured one).
+
+        Raises:
+            CheckpointError: the checkpoint does not fit the network or optimizer (one line: what differs, the fix).
+        """
+        net = unwrap(self.network)
         try:
-            unwrap(self.network).load_state_dict(ckpt["network"])
+            net.load_state_dict(ckpt["network"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
+            what = describe_mismatch(net.state_dict(), ckpt.get("network")) or " ".join(str(e).split())[:300]
             raise CheckpointError(
-                f"checkpoint does not fit this network/optimizer ({str(e)[:300]}). Fix: resume with the configuration "
-                "the run started with, or start over in another --ckpt_dir."
+                f"{path or 'checkpoint'} does not fit this network/optimizer ({what}). Fix: resume with the "
+                "configuration the run started with (same backbone, class_names, channels), or start a new run in "
+                "another --ckpt_dir."
             ) from e
         saved = dict(ckpt.get("to_save") or {})
         for key, obj in self.to_save.items():
@@ -194,6 +228,16 @@ class TrainingCheckpointer:
 
         engine.add_event_handler(Events.STARTED, self._on_started)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: setattr(self, "_epoch_end", False))
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_iteration)
+
+    def _on_iteration(self, engine: Any) -> None:
+        length = engine.state.epoch_length
+        self._epoch_end = bool(length) and engine.state.iteration % length == 0
+
+    def _on_epoch_handlers_done(self, engine: Any) -> None:
+        if self._signal is None:  # a signal during them (validation) leaves the epoch end unfinished
+            self._epoch_end = False
 
     def _on_started(self, engine: Any) -> None:
         from ignite.engine import Events
@@ -201,6 +245,7 @@ class TrainingCheckpointer:
         if not self._started:  # registered now, after every other handler: the epoch checkpoint follows validation
             self._started = True
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every_n_epochs), self._save, "epoch")
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_epoch_handlers_done)
             engine.add_event_handler(Events.TERMINATE, self._on_terminate)
             engine.add_event_handler(Events.COMPLETED, self._on_completed)
             if self.resume:
@@ -211,14 +256,30 @@ class TrainingCheckpointer:
         self._install_signals(engine)
 
     def _resume(self, engine: Any) -> None:
-        for tmp in remove_stale_temps(self.ckpt_dir):
-            engine.logger.info("removed %s (left by an interrupted checkpoint write)", tmp)
-        found = find_latest_checkpoint(self.ckpt_dir)
+        if not _is_rank0():  # rank 0 alone cleans up; every rank reads the same newest valid checkpoint
+            found = find_latest_checkpoint(self.ckpt_dir)
+        else:
+            for tmp in remove_stale_temps(self.ckpt_dir):
+                engine.logger.info("removed %s (left by an interrupted checkpoint write)", tmp)
+            corrupt: list[Path] = []
+            found = find_latest_checkpoint(self.ckpt_dir, corrupt)
+            moved = move_aside(corrupt, self.ckpt_dir) if corrupt else []
+            if moved and found is None:
+                raise CheckpointError(
+                    f"--resume True: no checkpoint in {self.ckpt_dir} loads; moved the unloadable ones to "
+                    f"{self.ckpt_dir / CORRUPT_DIR} ({', '.join(p.name for p in moved)}), nothing deleted. Fix: put a "
+                    f"good copy of a checkpoint back into {self.ckpt_dir} and resume again, or start over with "
+                    "--resume False."
+                )
+            if moved:
+                names = ", ".join(p.name for p in moved)
+                engine.logger.warning("moved unloadable checkpoint(s) %s to %s (kept; no later save overwrites them).",
+                                      names, self.ckpt_dir / CORRUPT_DIR)  # fmt: skip
         if found is None:
-            engine.logger.info("resume: no valid checkpoint in %s; training from scratch.", self.ckpt_dir)
+            engine.logger.info("resume: no checkpoint in %s; training from scratch.", self.ckpt_dir)
             return
         path, ckpt = found
-        self.restore(engine, ckpt)
+        self.restore(engine, ckpt, path)
         self.resumed_from = path
         engine.logger.info(
             "Resumed from %s: epoch %d, iteration %d; training to max_epochs=%d.",
@@ -231,10 +292,28 @@ class TrainingCheckpointer:
                 "checkpoint is at epoch %d >= max_epochs=%s: nothing left to train (pass a larger --max_epochs).",
                 engine.state.epoch, engine.state.max_epochs,
             )  # fmt: skip
+        if ckpt.get("validation_pending"):
+            self._validate_again(engine, path)
 
-    def _save(self, engine: Any, reason: str) -> Path | None:
+    def _validate_again(self, engine: Any, path: Path) -> None:
+        """Validate the restored epoch, whose validation was cut short, then record that in its checkpoint."""
+        from monai.engines import Evaluator
+
+        epoch = engine.state.epoch
+        validate = self.validate
+        if validate is None and isinstance(self.evaluator, Evaluator):
+            validate = self.evaluator.run
+        if validate is None:
+            engine.logger.warning("%s: the validation of epoch %d was cut short and cannot be run again here (no "
+                                  "'validate' given); its metrics are missing.", path, epoch)  # fmt: skip
+            return
+        engine.logger.info("%s: the validation of epoch %d was cut short; validating it again.", path, epoch)
+        validate(epoch)
+        self._save(engine, "validated", force=True)
+
+    def _save(self, engine: Any, reason: str, force: bool = False) -> Path | None:
         it, length = int(engine.state.iteration), max(1, int(engine.state.epoch_length or 1))
-        if it == self._last_saved or not _is_rank0():
+        if (it == self._last_saved and not force) or not _is_rank0():
             return None
         name = (
             f"checkpoint_epoch={it // length}.pt"
@@ -270,10 +349,13 @@ class TrainingCheckpointer:
     def _on_exception(self, engine: Any, e: BaseException) -> None:
         self._restore_signals()
         if isinstance(e, KeyboardInterrupt) and self._signal is None:  # not the "stop at once" second Ctrl-C
+            self._raising = True
             try:
                 self._save(engine, "KeyboardInterrupt")
             except Exception as err:  # never hide the interrupt behind a failed save
                 engine.logger.error("could not save a checkpoint on interrupt: %s", err)
+        elif isinstance(e, CheckpointError):  # its message has the fix; "--resume True" would fail the same way
+            pass
         elif not isinstance(e, SystemExit):
             latest = latest_checkpoint(self.ckpt_dir)
             engine.logger.error(

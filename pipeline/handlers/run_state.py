@@ -127,8 +127,9 @@ def write_run_info(
 ) -> Path:
     """Write ``output_dir/run_info.json``: seed, versions, command line and its config overrides, start time.
 
-    On a resume the earlier entries are kept under ``history``. The file stays with the run (``pipeline pack``
-    does not ship ``runs/``); it holds local paths from the command line.
+    Earlier entries (a resume, a fresh start after a failed one) are kept under ``history``: nothing is overwritten.
+    The file stays with the run (``pipeline pack`` does not ship ``runs/``); it holds local paths from the command
+    line.
     """
     from pipeline.bundle.overrides import bundle_overrides, command_line
 
@@ -144,10 +145,11 @@ def write_run_info(
         **dict(extra or {}),
     }
     path = Path(output_dir) / "run_info.json"
-    if resumed_from is not None and path.is_file():
+    if path.is_file():
         try:
             old = json.loads(path.read_text())
             info["history"] = [*old.pop("history", []), old]
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as e:  # unreadable: keep it beside the new one, never overwrite it
+            logger.warning("%s is unreadable (%s); keeping it as %s.", path, e, path.with_suffix(".json.bad"))
+            path.replace(path.with_suffix(".json.bad"))
     return write_text(path, json.dumps(info, indent=2, default=str) + "\n")

@@ -54,6 +54,7 @@ from pipeline.data.dicom import read_series, write_dicom_seg
 from pipeline.data.images2d import MASK_SUFFIXES_2D, encode_mask_2d
 from pipeline.inference.cases import SUFFIXES_2D, Case, find_cases
 from pipeline.inference.model import default_device, load_checkpoint, split_preprocessing
+from pipeline.inference.output import OutputFolderError, check_output_dir, output_lock
 from pipeline.inference.report import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -76,6 +77,8 @@ __all__ = [
     "Case",
     "InferenceFailed",
     "InferenceReport",
+    "MAX_VOXELS",
+    "OutputFolderError",
     "find_cases",
     "load_checkpoint",
 ]
@@ -83,6 +86,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BLEND_MODES = ("gaussian", "constant")
+#: the default ``max_voxels``: 2**30 (1024**3; 4 GiB as float32 before resampling)
+MAX_VOXELS = 1 << 30
 _DEFAULT_PIXDIM = (1.5, 1.5, 2.0)
 _DONE = object()
 
@@ -157,6 +162,8 @@ class BatchInference:
         channel_dim: channel axis of 2D ``.npy`` stacks when ``preprocessing`` is None (``auto``, 0, -1).
         progress: show a tqdm progress bar.
         prefetch: cases loaded / waiting to be written ahead of the model.
+        max_voxels: a NIfTI input whose header announces more voxels fails at ``check`` ("image too large") before
+            anything is allocated.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class BatchInference:
         prefetch: int = 2,
         mask_format: str = "auto",
         channel_dim: str | int = "auto",
+        max_voxels: int = MAX_VOXELS,
     ) -> None:
         if mode not in BLEND_MODES:
             raise ValueError(f"'mode' must be one of {list(BLEND_MODES)}, got {mode!r}.")
@@ -227,6 +235,7 @@ class BatchInference:
         self.inferer = inferer or SlidingWindowInferer(roi_size, sw_batch_size, overlap, mode=mode)
         self.probabilities, self.dicom_seg, self.overwrite = probabilities, dicom_seg, overwrite
         self.postfix, self.progress, self.prefetch = output_postfix, progress, max(1, prefetch)
+        self.max_voxels = int(max_voxels)
 
     def outputs_for(self, case: Case, output_dir: str | Path) -> list[Path]:
         """Output paths of a case: mask first, then probabilities / DICOM SEG when asked for."""
@@ -244,12 +253,19 @@ class BatchInference:
     def run(self, input_dir: str | Path, output_dir: str | Path) -> InferenceReport:
         """Segment every input under ``input_dir`` into ``output_dir``; writes ``summary.json``/``failures.csv``.
 
+        The output folder is checked first (:func:`~pipeline.inference.output.check_output_dir`) and locked for the
+        run (:func:`~pipeline.inference.output.output_lock`).
+
         Raises:
+            OutputFolderError: the output folder is not creatable/writable, or another run holds its lock.
             DatalistError: no input folder or nothing to segment in it.
             KeyboardInterrupt: on Ctrl-C/SIGTERM, after finishing the output being written and the reports.
         """
-        out = Path(output_dir).resolve()
-        out.mkdir(parents=True, exist_ok=True)
+        out = check_output_dir(output_dir)
+        with output_lock(out):
+            return self._run(input_dir, out)
+
+    def _run(self, input_dir: str | Path, out: Path) -> InferenceReport:
         report = InferenceReport(str(Path(input_dir).resolve()), str(out))
         cases, failures, report.ignored = find_cases(input_dir, exclude=out, suffixes=self.suffixes)
         for f in failures:
@@ -300,9 +316,36 @@ class BatchInference:
         item.times["load"] = time.perf_counter() - t0
         return item
 
+    def _precheck(self, path: Path) -> None:
+        """Before the loader: the file opens (names permission denied, a symlink loop, ...), and a NIfTI header does
+        not announce more than ``max_voxels`` voxels (so a bogus 4096**3 header fails before allocating)."""
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise CaseError("read", f"{path}: {e.strerror or e} (errno {e.errno}); cannot open it.") from e
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            return
+        try:
+            import nibabel as nib
+
+            header: Any = nib.load(path)
+            shape = tuple(int(n) for n in header.shape)  # header only
+        except Exception:  # a broken file: the loader reports it
+            return
+        voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+        if voxels > self.max_voxels:
+            raise CaseError(
+                "check",
+                f"image too large: {voxels:,} voxels (header shape {shape}), max_voxels={self.max_voxels:,}; nothing "
+                "was allocated. Fix: check the header, crop or downsample the image, or raise max_voxels.",
+            )
+
     def _read(self, case: Case) -> dict[str, Any]:
         try:
             if case.series is None:
+                assert case.path is not None
+                self._precheck(Path(case.path))
                 return self._load({"image": case.path})
             if self.spatial_dims != 3:
                 raise CaseError("check", "DICOM series are read as 3D volumes; this model is 2D.")

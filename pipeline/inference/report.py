@@ -60,6 +60,7 @@ class InferenceReport:
             getattr(self, status).append(entry)
 
     def raise_if_failed(self) -> InferenceReport:
+        """Raise :class:`InferenceFailed` (one line: how many, the first one, where all are) when some input failed."""
         if self.failed:
             raise InferenceFailed(
                 f"{len(self.failed)} input(s) failed, e.g. {self.failed[0]['input']} ({self.failed[0]['stage']}: "
