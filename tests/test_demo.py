@@ -19,9 +19,9 @@ def test_demo_runs_every_step_and_writes_its_promises(tmp_path):
     summary = run_demo(tmp_path, settings)
 
     assert list(summary["times_s"]) == [
-        "synth", "audit_site_A", "train_site_A", "evaluate_site_A", "pack_site_A", "verify_at_site_B", "audit_site_B",
-        "finetune_site_B", "scratch_site_B", "evaluate_eval_site_A_model_on_B", "evaluate_eval_finetuned_on_B",
-        "evaluate_eval_scratch_on_B", "drift", "infer_site_B", "evaluate_masks_site_B",
+        "synth", "audit_site_A", "train_site_A", "evaluate_site_A", "keygen_site_A", "pack_site_A",
+        "verify_at_site_B", "audit_site_B", "finetune_site_B", "scratch_site_B", "evaluate_eval_site_A_model_on_B",
+        "evaluate_eval_finetuned_on_B", "evaluate_eval_scratch_on_B", "drift", "infer_site_B", "evaluate_masks_site_B",
     ]  # fmt: skip
     # the audit's recommendation reached the training command, for both sites
     override = json.loads((tmp_path / "audit_site_A" / "override.json").read_text())
@@ -30,6 +30,7 @@ def test_demo_runs_every_step_and_writes_its_promises(tmp_path):
     assert "--ce_weight" in (tmp_path / "logs" / "scratch_site_B.log").read_text().splitlines()[0]
 
     assert (tmp_path / "site_A_bundle.zip").is_file()
+    assert "signed_by=" in (tmp_path / "logs" / "verify_at_site_B.log").read_text()
     assert set(summary["site_B"]) == {"site A model, no fine-tuning", "fine-tuned (staged)", "scratch"}
     assert set(summary["site_B"]["scratch"]["classes"]) == {"organ", "vessel", "lesion"}
     assert (tmp_path / "drift" / "drift.csv").is_file() and (tmp_path / "drift" / "drift.png").is_file()

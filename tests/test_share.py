@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from pipeline.share.logconf import scan_logging_conf
 from pipeline.share.pack import pack_bundle
 from pipeline.share.report import BundleVerificationError, ShareError
 from pipeline.share.scan import check_expression, check_target
+from pipeline.share.signing import TRUSTED_KEYS_ENV, generate_key
+from pipeline.share.templates import TEMPLATE_ENV
 from pipeline.share.verify import verify_bundle
 
 NAME = "tiny_segmentation"
@@ -116,25 +118,46 @@ def make_bundle(root: Path) -> Path:
     return b
 
 
+@pytest.fixture(scope="module", autouse=True)
+def site_b_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Site B has the tiny bundle's configs installed as its templates (as the toolkit's bundles are)."""
+    templates = make_bundle(tmp_path_factory.mktemp("site_b_templates"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(TEMPLATE_ENV, str(templates))
+        mp.setenv(TRUSTED_KEYS_ENV, str(site_a_key(tmp_path_factory)) + ".pub")
+        yield templates
+
+
+def site_a_key(factory: pytest.TempPathFactory) -> Path:
+    """Site A's signing key (site B trusts its .pub)."""
+    key = factory.getbasetemp() / "keys" / "site_a"
+    if not key.exists():
+        generate_key(key, "site A")
+    return key
+
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("site_a")
     bundle = make_bundle(root)
-    result = pack_bundle(bundle, root / "tiny.zip", bump="patch", notes="retrained")  # export auto: script first
-    assert result.version == "0.1.1"
+    key = site_a_key(tmp_path_factory)
+    result = pack_bundle(bundle, root / "tiny.zip", bump="patch", notes="retrained", sign=key)  # export: script
+    assert result.version == "0.1.1" and result.signer
     return result.zip_path
 
 
 def rewrite(src: Path, dst: Path, edit: Callable[[dict[str, bytes]], None], manifest: bool = False) -> Path:
-    """Copy a zip entry by entry after ``edit(entries)``; ``manifest=True`` re-signs the manifest (full attacker)."""
+    """Copy a zip entry by entry after ``edit(entries)``; ``manifest=True`` recomputes the manifest (an attacker
+    without site A's key: the signature is dropped)."""
     with zipfile.ZipFile(src) as zf:
         entries = {i.filename: zf.read(i) for i in zf.infolist()}
     edit(entries)
     if manifest:
+        entries.pop(f"{NAME}/signature.json", None)
         files = {
             n.split("/", 1)[1]: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
             for n, d in entries.items()
-            if not n.endswith("/manifest.json")
+            if not n.endswith(("/manifest.json", "/signature.json"))
         }
         entries[f"{NAME}/manifest.json"] = json.dumps({"files": files}).encode()
     with zipfile.ZipFile(dst, "w") as zf:
@@ -170,6 +193,8 @@ def test_round_trip(packed: Path, tmp_path: Path) -> None:
     assert any(i.check == "network" and i.status == "pass" for i in report.items)
     target, _ = import_bundle(packed, tmp_path / "site_b")
     assert target == tmp_path / "site_b" / NAME and (target / "configs" / "inference.json").is_file()
+    with zipfile.ZipFile(target / "models" / "model.ts") as zf:  # no sender paths in TorchScript debug info
+        assert not any(n.endswith(".debug_pkl") or b"site-packages" in zf.read(n) for n in zf.namelist())
     ts = torch.jit.load(str(target / "models" / "model.ts"))
     assert ts(torch.rand(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
     assert verify_bundle(target).ok
@@ -284,24 +309,30 @@ def test_untrusted_code_listed_and_trust(packed: Path, tmp_path: Path) -> None:
     def edit(e: dict[str, bytes]) -> None:
         set_config(e, "evil", {"_target_": "os.system", "command": f"touch {marker}"})
         set_config(e, "evil2", f"$__import__('os').system('touch {marker}')")
-        set_config(e, "extra", {"_target_": "collections.OrderedDict"})
+        set_config(e, "network_def", {**NET, "_target_": "collections.OrderedDict"})
         e[f"{NAME}/scripts/helper.py"] = b"import os"
 
     bad = rewrite(packed, tmp_path / "c.zip", edit, manifest=True)
     fails = failed(verify_bundle(bad))
     assert "code file" in fails["scripts/helper.py"]
-    assert "'os.system'" in fails["configs/inference.json#evil#_target_"]
-    assert "__import__" in fails["configs/inference.json#evil2"]
-    assert "collections.OrderedDict" in fails["configs/inference.json#extra#_target_"]
-    assert not marker.exists()
-    # trusting one reviewed item leaves the others failing; --trust on the harmless one alone passes
-    report = verify_bundle(bad, trust=["configs/inference.json#extra#_target_", "scripts/*.py"])
-    assert set(failed(report)) == {"configs/inference.json#evil#_target_", "configs/inference.json#evil2"}
-    ok = rewrite(
-        packed, tmp_path / "ok.zip", lambda e: set_config(e, "extra", {"_target_": "collections.OrderedDict"}), True
+    assert (
+        "os.system" in fails["configs/inference.json#evil"]
+        and "not in the receiver's" in fails["configs/inference.json#evil"]
     )
+    assert "__import__" in fails["configs/inference.json#evil2"]
+    assert "must be the receiver's template's own" in fails["configs/inference.json#network_def#_target_"]
+    assert not marker.exists()
+    # trusting reviewed items (by id, or a string value exactly) leaves the others failing
+    report = verify_bundle(
+        bad, trust=["configs/inference.json#network_def#_target_", "scripts/*.py"], allow_unsigned=True
+    )
+    assert set(failed(report)) == {"configs/inference.json#evil", "configs/inference.json#evil2"}
+    trusted = {i.item for i in report.items if i.status == "trusted"}
+    assert trusted == {"configs/inference.json#network_def#_target_", "scripts/helper.py"}
+    ok = rewrite(packed, tmp_path / "ok.zip", lambda e: set_config(e, "device", "$torch.device('cuda:1')"), True)
     assert not verify_bundle(ok).ok
-    assert main(["verify", str(ok), "--trust", "collections.OrderedDict"]) == 0
+    assert main(["verify", str(ok), "--trust", "$torch.device('cuda:1')"]) == 1  # unsigned now
+    assert main(["verify", str(ok), "--allow-unsigned", "--trust", "$torch.device('cuda:1')"]) == 0
     assert not marker.exists()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -140,10 +141,16 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         ),
     )  # fmt: skip
     zip_a = out / "site_A_bundle.zip"
-    step("pack_site_A", _pipeline_command("pack", str(bundle_a), "-o", str(zip_a), "--force"))
+    # site A signs what it ships; site B trusts site A's public key (exchanged out of band, fingerprint read out)
+    keys = out / "keys"
+    if keys.exists():  # the demo's own throwaway key pair from an earlier run (keygen never overwrites a key)
+        shutil.rmtree(keys)
+    key, public_key = keys / "site_A.key", keys / "site_A.key.pub"
+    step("keygen_site_A", _pipeline_command("keygen", str(key), "--comment", "site A (demo)"))
+    step("pack_site_A", _pipeline_command("pack", str(bundle_a), "-o", str(zip_a), "--force", "--sign", str(key)))
 
     # --- site B: verify, fine-tune vs scratch, evaluate both
-    step("verify_at_site_B", _pipeline_command("verify", str(zip_a)))
+    step("verify_at_site_B", _pipeline_command("verify", str(zip_a), "--trusted-keys", str(public_key)))
     train_b: dict[str, Any] = {
         "dataset_dir": str(site_b),
         "max_epochs": settings.epochs_site_b,
@@ -156,7 +163,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         "finetune_site_B",
         bundle_command(
             bundle_ft, "training", ["train.json", "finetune.json"],
-            {**train_b, "pretrained": str(zip_a), "unfreeze_stages": settings.unfreeze_stages(), **common},
+            {**train_b, "pretrained": str(zip_a), "trusted_keys": str(public_key),
+             "unfreeze_stages": settings.unfreeze_stages(), **common},
         ),
     )  # fmt: skip
     bundle_sc = stage_bundle(BUNDLE_3D, out / "bundle_site_B_scratch")

@@ -23,7 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         target, report = import_bundle(
-            args.zip, args.to, trust=args.trust, trust_all=args.trust_all, force=args.force, expected_sha256=args.sha256
+            args.zip,
+            args.to,
+            trust=args.trust,
+            trust_all=args.trust_all,
+            force=args.force,
+            expected_sha256=args.sha256,
+            trusted_keys=args.trusted_keys,
+            allow_unsigned=args.allow_unsigned,
         )
     except BundleVerificationError as e:
         print(e.report.format(failures_only=True))
@@ -33,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"import: {e}")
         return 1
     print(report.format(failures_only=True))
+    if not report.signer:
+        print("WARNING: imported WITHOUT proof of authorship (--allow-unsigned).")
     print(f"imported {report.bundle} {report.version} -> {target}")
     return 0

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--export", choices=EXPORTS, default="auto", help="TorchScript export (auto: script, else trace)"
     )
     parser.add_argument("--input-shape", type=int, nargs="+", default=None, help="trace input shape, e.g. 1 1 96 96 96")
+    parser.add_argument("--sign", default=None, metavar="KEY", help="sign the manifest with this key (pipeline keygen)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             force=args.force,
             export=args.export,
             input_shape=args.input_shape,
+            sign=args.sign,
         )
     except ShareError as e:
         print(f"pack: {e}")
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"packed {result.bundle} {result.version} -> {result.zip_path}")
     print(f"  {result.files} files, TorchScript: {result.torchscript}")
     print(f"  sha256 {result.sha256}  (send this to the receiving site separately: verify --sha256)")
+    if result.signer:
+        print(f"  signed by key {result.signer}  (the receiver checks this fingerprint of your .pub with you)")
+    else:
+        print("  UNSIGNED: the receiving site will refuse it unless it passes --allow-unsigned (see pack --sign)")
     if result.skipped:
         print(
             f"  not packed (outputs/checkpoints/hidden): {', '.join(result.skipped[:10])}"

@@ -22,6 +22,7 @@ from torch import nn
 from pipeline.networks.sources import STATE_SCOPES, align_state_dict, read_class_names, read_state_dict, state_layout
 from pipeline.networks.unet import UNUSED_STAGE, PretrainedUNet, unwrap
 from pipeline.share.install import open_verified_bundle
+from pipeline.share.tensors import MAX_ABS_WEIGHT, weight_problems
 from pipeline.utils.atomic import write_text
 
 __all__ = [
@@ -151,6 +152,9 @@ def load_pretrained(
     report_path: _PathLike | None = None,
     verify: bool = True,
     trust: Sequence[str] = (),
+    sha256: str | None = None,
+    trusted_keys: str | os.PathLike | None = None,
+    allow_unsigned: bool = False,
 ) -> LoadReport:
     """Load local pretrained weights into ``network`` (in place) and report what happened.
 
@@ -168,16 +172,37 @@ def load_pretrained(
         verify: a bundle ``.zip`` (another site's) is verified with :func:`pipeline.share.install.open_verified_bundle`
             first — hashes, schema, code scan — and read from the verified copy. ``False`` reads it as is.
         trust: items (``_target_`` names, expression ids) the verification may accept; see ``pipeline verify``.
+        sha256: expected sha256 of a bundle ``.zip``, received from the sender out of band; the zip is refused
+            unless the bytes it is extracted from have this hash.
+        trusted_keys: public keys whose signature proves who made a bundle ``.zip`` (default
+            ``$PIPELINE_TRUSTED_KEYS``); an unsigned zip is refused unless ``allow_unsigned``.
+        allow_unsigned: accept a bundle ``.zip`` not signed by a trusted key.
 
     Raises:
         ArchitectureMismatchError: different depth/block type/widths or 2D weights into a 3D model (no partial load).
-        ValueError: ``strict=True`` failures, nothing matched, bad class mapping or unreadable file.
+        ValueError: ``strict=True`` failures, nothing matched, bad class mapping, unreadable file, NaN/Inf or
+            absurd (``|w| > 1e6``) weights, or ``sha256`` given for something that is not a verified zip.
     """
     net = unwrap(network)
-    if verify and Path(source).suffix == ".zip" and Path(source).is_file():
+    is_zip = Path(source).suffix == ".zip" and Path(source).is_file()
+    if sha256 is not None and not (verify and is_zip):
+        raise ValueError(
+            f"'sha256' applies to a bundle .zip loaded with verify=True, got source={str(source)!r}, verify={verify}. "
+            "Fix: pass the zip itself (the hash is checked on the bytes that are extracted), or drop 'sha256'."
+        )
+    if verify and is_zip:
         logger.info("verifying bundle zip %s before loading its weights", source)
-        source = open_verified_bundle(source, trust=trust)
+        source = open_verified_bundle(
+            source, trust=trust, expected_sha256=sha256, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned
+        )
     state = read_state_dict(source)
+    if problems := weight_problems(state):
+        raise ValueError(
+            f"{source}: refusing implausible weights: {'; '.join(problems[:5])}"
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+            + f". Expected finite values with |w| <= {MAX_ABS_WEIGHT:.0e}. Fix: ask the sender for the checkpoint "
+            "of a run whose loss stayed finite."
+        )
     if source_class_names is None:
         source_class_names = read_class_names(source)
     target = net.state_dict()

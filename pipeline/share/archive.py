@@ -18,7 +18,7 @@ from pipeline.share.files import bundle_files
 from pipeline.share.report import ShareError
 from pipeline.utils.atomic import atomic_path
 
-__all__ = ["ZipLimits", "check_zip_entries", "safe_extract"]
+__all__ = ["ZipLimits", "check_zip_entries", "read_zip_bytes", "safe_extract"]
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -32,6 +32,7 @@ class ZipLimits:
     max_total_bytes: int = 8 * 2**30
     max_ratio: float = 200.0
     ratio_min_bytes: int = 2**20
+    max_zip_bytes: int = 4 * 2**30  # the zip is read into memory once, hashed, and opened from those bytes
 
 
 def _entry_reason(info: zipfile.ZipInfo, limits: ZipLimits) -> str | None:
@@ -73,7 +74,7 @@ def check_zip_entries(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> t
         return None, [("(archive)", f"{len(infos)} entries exceeds {limits.max_entries}")]
     seen: set[str] = set()
     tops: set[str] = set()
-    total = 0
+    total = packed = 0
     for info in infos:
         key = info.filename.rstrip("/").casefold()
         if key in seen:
@@ -86,8 +87,13 @@ def check_zip_entries(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> t
             problems.append((info.filename, "file at the archive root (expected <bundle_name>/...)"))
         tops.add(info.filename.split("/", 1)[0])
         total += info.file_size
+        packed += info.compress_size
     if total > limits.max_total_bytes:
         problems.append(("(archive)", f"total uncompressed size {total} exceeds {limits.max_total_bytes}"))
+    elif total > limits.ratio_min_bytes and total / max(packed, 1) > limits.max_ratio:
+        problems.append(
+            ("(archive)", f"overall compression ratio {total / max(packed, 1):.0f}:1 exceeds {limits.max_ratio:.0f}:1")
+        )
     if len(tops) != 1:
         problems.append(("(archive)", f"expected one top folder (the bundle name), got {sorted(tops)}"))
         return None, problems
@@ -95,6 +101,20 @@ def check_zip_entries(zf: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> t
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", top):
         problems.append((top, "top folder is not a plain bundle name"))
     return top, problems
+
+
+def read_zip_bytes(path: Path, limits: ZipLimits = ZipLimits()) -> bytes:
+    """The zip's bytes, read once (hash them and open the zip from them: no second read by path can differ).
+
+    Raises:
+        ValueError: the file is larger than ``limits.max_zip_bytes``.
+        OSError: it cannot be read.
+    """
+    with Path(path).open("rb") as f:
+        data = f.read(limits.max_zip_bytes + 1)
+    if len(data) > limits.max_zip_bytes:
+        raise ValueError(f"zip is larger than {limits.max_zip_bytes} bytes; refused")
+    return data
 
 
 def safe_extract(zf: zipfile.ZipFile, dest: Path, limits: ZipLimits = ZipLimits()) -> None:

@@ -31,7 +31,7 @@ def file_type_reason(rel: str) -> str | None:
     """Why a bundle file type is not expected in a shared bundle (code, pickles, binaries), else None."""
     name = rel.rsplit("/", 1)[-1]
     suffix = ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
-    if suffix in ALLOWED_SUFFIXES or name.split(".")[0] in ALLOWED_PLAIN_NAMES:
+    if suffix in ALLOWED_SUFFIXES or name in ALLOWED_PLAIN_NAMES:  # the full name: LICENSE.py is code
         return None
     if suffix in (".py", ".pyc", ".pyd", ".so", ".dll", ".dylib", ".sh", ".bat", ".ps1", ".exe"):
         return f"code file ({suffix}); it runs if a config imports or calls it"

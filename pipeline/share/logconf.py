@@ -1,4 +1,10 @@
-"""Static scan of a bundle's ``logging.conf``: what ``logging.config.fileConfig`` would import or ``eval``."""
+"""``logging.conf`` of a shared bundle: the toolkit's own (:data:`LOGGING_CONF`), and a static scan of a received one.
+
+``logging.config.fileConfig`` reads the file with an *interpolating* ``ConfigParser`` and ``eval()``s ``args=`` and
+``kwargs=``; a ``[DEFAULT]`` value or ``%(name)s`` reference is expanded before that ``eval``, so the scan refuses
+both instead of checking the raw text only. Pack ships :data:`LOGGING_CONF`, verify accepts nothing else, import
+writes it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,33 @@ from pathlib import Path
 
 from pipeline.share.scan import ABS_PATH, CodeItem, attribute_chain
 
-__all__ = ["scan_logging_conf"]
+__all__ = ["LOGGING_CONF", "scan_logging_conf"]
+
+#: the one logging.conf a shared bundle may carry (the toolkit's bundles ship exactly this text)
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+# values fileConfig reads with raw=True (no interpolation): the only place '%' may appear
+_RAW_KEYS = ("format", "datefmt", "style", "defaults")
 
 
 def _literal_reason(text: str) -> str | None:
@@ -62,7 +94,15 @@ def scan_logging_conf(text: str, rel: str) -> list[CodeItem]:
         parser.read_string(text)
     except configparser.Error as e:
         return [CodeItem(rel, "logging", "", f"cannot be parsed: {str(e).splitlines()[0]}")]
-    items = []
+    items = [
+        CodeItem(f"{rel}#DEFAULT#{key}", "logging", value, "[DEFAULT] values are interpolated into every section")
+        for key, value in parser.defaults().items()
+    ]
+    for section in parser.sections():
+        for key, value in parser.items(section):
+            if "%" in value and not (section.startswith("formatter_") and key in _RAW_KEYS):
+                reason = "'%' interpolation: fileConfig expands it before eval()"
+                items.append(CodeItem(f"{rel}#{section}#{key}", "logging", value, reason))
     for section in parser.sections():
         base: type = logging.Handler if section.startswith("handler_") else logging.Formatter
         for key, value in parser.items(section):

@@ -28,11 +28,12 @@ from pipeline.share.files import (
     sha256_file,
 )
 from pipeline.share.filetypes import data_file_reason
-from pipeline.share.logconf import scan_logging_conf
+from pipeline.share.logconf import LOGGING_CONF, scan_logging_conf
 from pipeline.share.provenance import build_provenance
 from pipeline.share.report import FAIL, ShareError, VerifyReport, first_line
 from pipeline.share.scan import find_absolute_paths
-from pipeline.share.verify import check_code, check_schema
+from pipeline.share.signing import sign_manifest
+from pipeline.share.verify import check_configs, check_schema
 from pipeline.share.version import update_changelog
 from pipeline.utils.atomic import write_text
 
@@ -57,6 +58,7 @@ class PackResult:
     torchscript: str
     skipped: list[str] = field(default_factory=list)
     needs_trust: list[str] = field(default_factory=list)
+    signer: str = ""  # fingerprint of the key that signed the manifest ("" if unsigned)
 
 
 def _input_shape(meta: dict) -> list[int]:
@@ -115,6 +117,24 @@ def _export_torchscript(stage: Path, meta: dict, mode: str, input_shape: list[in
     )
 
 
+def _strip_torchscript_debug(path: Path) -> int:
+    """Drop the ``*.debug_pkl`` entries of a TorchScript archive (source ranges that embed the sender's absolute
+    site-packages paths); the model loads and runs the same without them. Returns how many were dropped."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        keep = [i for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
+        dropped = len(src.infolist()) - len(keep)
+        if not dropped:
+            return 0
+        tmp = path.with_name(path.name + ".strip")
+        with zipfile.ZipFile(tmp, "w") as dst:
+            for info in keep:
+                dst.writestr(info, src.read(info))
+    os.replace(tmp, path)
+    return dropped
+
+
 def _select(bundle: Path) -> tuple[list[str], list[str], list[str]]:
     """(files to pack, files skipped, links/special files in packed areas)."""
     files, odd = bundle_files(bundle)
@@ -162,6 +182,7 @@ def pack_bundle(
     force: bool = False,
     export: str = "auto",
     input_shape: list[int] | None = None,
+    sign: str | os.PathLike | None = None,
 ) -> PackResult:
     """Pack a trained bundle into ``<name>/...`` zip with ``manifest.json``, ``provenance.json`` and ``model.ts``.
 
@@ -178,6 +199,7 @@ def pack_bundle(
         force: replace an existing ``out``.
         export: TorchScript export: ``auto`` (script, then trace), ``script``, ``trace`` or ``none``.
         input_shape: trace input shape ``[1, C, *spatial]``; default from metadata ``inputs.image``.
+        sign: Ed25519 private key (``pipeline keygen``) to sign ``manifest.json`` with (``signature.json``).
     """
     import torch
 
@@ -219,14 +241,18 @@ def pack_bundle(
             (stage / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle / rel, stage / rel)
         _write_json_atomic(stage / "configs" / "metadata.json", meta)
-        check = VerifyReport(source=str(bundle))
+        write_text(stage / "configs" / "logging.conf", LOGGING_CONF)  # the receiver accepts only the toolkit's own
+        files = bundle_files(stage)[0]
+        check = VerifyReport(source=str(bundle), bundle=bundle.name)
         check_schema(check, stage / "configs" / "metadata.json")
-        check_code(check, stage, files, (), False)
+        check_configs(check, stage, files)
         if any(i.status == FAIL and i.check == "schema" for i in check.items):
             raise ShareError(
                 f"configs/metadata.json fails {SCHEMA_NAME}: {check.items[0].reason}. Fix the field and pack again."
             )
         how = _export_torchscript(stage, meta, export, input_shape)
+        if how != "none":
+            _strip_torchscript_debug(stage / "models" / "model.ts")
         weights_sha = sha256_file(stage / "models" / "model.pt")
         _write_json_atomic(stage / PROVENANCE, build_provenance(bundle, meta, weights_sha, how))
         listed = {
@@ -241,9 +267,11 @@ def pack_bundle(
             "files": listed,
         }
         _write_json_atomic(stage / MANIFEST, manifest)
+        signer = sign_manifest(stage / MANIFEST, sign) if sign is not None else ""
         write_zip(stage, bundle.name, out_path, force)
     _write_json_atomic(meta_file, meta)
-    needs = [f"{i.item}: {i.reason.split('. If')[0]}" for i in check.items if i.status == FAIL]
-    result = PackResult(out_path, bundle.name, version, sha256_file(out_path), len(listed) + 1, how, skipped, needs)
+    needs = [f"{i.item}: {i.reason.split('. If')[0]}" for i in check.items if i.status == FAIL and i.check != "schema"]
+    count = len(listed) + 1 + bool(signer)
+    result = PackResult(out_path, bundle.name, version, sha256_file(out_path), count, how, skipped, needs, signer)
     logger.info("packed %s %s -> %s (sha256 %s)", bundle.name, version, out_path, result.sha256)
     return result

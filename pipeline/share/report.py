@@ -57,6 +57,8 @@ class VerifyReport:
     source: str
     bundle: str = ""
     version: str = ""
+    sha256: str = ""
+    signer: str = ""  # fingerprint of the trusted key that signed the manifest
     items: list[VerifyItem] = field(default_factory=list)
 
     @property
@@ -77,12 +79,21 @@ class VerifyReport:
         """A plain-text table: status, check, item, reason, then a one-line verdict."""
         rows = [i for i in self.items if not failures_only or i.status in (FAIL, TRUSTED, WARN)]
         width = min(max([len(i.item) for i in rows] + [4]), 70)
-        lines = [f"Verify {self.source}  bundle={self.bundle or '?'} version={self.version or '?'}"]
-        lines += [f"{i.status:8} {i.check:10} {i.item:{width}}  {i.reason}".rstrip() for i in rows]
+        head = f"Verify {self.source}  bundle={self.bundle or '?'} version={self.version or '?'}"
+        head += f"  sha256={self.sha256}" if self.sha256 else ""
+        lines = [_printable(head + (f"  signed_by={self.signer}" if self.signer else "  UNSIGNED"))]
+        lines += [
+            f"{i.status:8} {i.check:10} {_printable(i.item):{width}}  {_printable(i.reason)}".rstrip() for i in rows
+        ]
         counts = {s: sum(i.status == s for i in self.items) for s in (FAIL, TRUSTED, WARN, PASS)}
         verdict = "OK" if self.ok else "FAILED"
         lines.append(f"RESULT: {verdict} ({', '.join(f'{n} {s.lower()}' for s, n in counts.items())})")
         return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Control characters (terminal escape codes in a received key or file name) shown escaped, never sent raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def first_line(e: BaseException) -> str:

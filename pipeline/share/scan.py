@@ -1,5 +1,10 @@
 """Static scan of bundle configs: ``$`` expressions, ``_target_`` strings, macros, options and site paths.
 
+Not the receiving site's gate: a deny-list over a language it parses differently from MONAI cannot be complete
+(issue #16), so ``verify`` compares received configs with the receiver's templates instead
+(:mod:`pipeline.share.templates`). This scan remains a lint for a site's *own* configs (what may a config name
+at all) and finds site paths for ``pack``.
+
 Nothing here evaluates bundle content. ``$`` expressions are parsed with :mod:`ast`, ``_target_`` strings are
 resolved only inside trusted namespaces (importing installed ``monai``/``torch``/``pipeline`` modules, never
 bundle files).
