@@ -258,3 +258,28 @@ def test_real_ct_series_end_to_end(tmp_path):
     assert report.exit_code == 0
     (mask_path,) = (tmp_path / "out" / "ct5n").glob("*_seg.nii.gz")
     assert nib.load(mask_path).shape == (16, 16, 5)
+
+
+def test_a_failed_dicom_seg_costs_that_output_only(tmp_path, monkeypatch):
+    pytest.importorskip("highdicom")
+    import pipeline.inference.engine as engine_module
+
+    root = tmp_path / "archive"
+    uid = write_series(root / "ct", axial_positions(), seed=3)
+
+    def broken_seg(*args, **kwargs):
+        raise ValueError("'' is not a valid SpecificCharacterSetValues")
+
+    monkeypatch.setattr(engine_module, "write_dicom_seg", broken_seg)
+    engine = BatchInference(
+        torch.nn.Conv3d(1, 2, 1), class_names=["background", "organ"], roi_size=(32, 32, 32), sw_batch_size=1,
+        progress=False, dicom_seg=True,
+    )  # fmt: skip
+    out = tmp_path / "masks"
+    report = engine.run(root, out)
+    assert (out / "ct" / f"{uid}_seg.nii.gz").is_file()  # the mask is written
+    assert not (out / "ct" / f"{uid}_seg.dcm").exists() and not list(out.rglob("*.partial-*"))
+    (row,) = list(csv.DictReader((out / "failures.csv").open()))
+    assert row["stage"] == "write" and row["reason"].startswith(f"DICOM SEG {uid}_seg.dcm not written (")
+    assert "the NIfTI mask was" in row["reason"] and report.exit_code == 3
+    assert [p["outputs"] for p in report.processed] == [[str(out / "ct" / f"{uid}_seg.nii.gz")]]

@@ -130,6 +130,7 @@ class _Item:
     shape: tuple[int, ...] = ()
     affine: np.ndarray | None = None
     times: dict[str, float] = field(default_factory=dict)
+    seg_error: str = ""  # the DICOM SEG could not be written (the NIfTI mask was)
 
 
 class BatchInference:
@@ -423,7 +424,10 @@ class BatchInference:
                 np.save(buf, pred.float().numpy())
                 atomic_write_chunks(path, [buf.getvalue()])
             elif item.case.series is not None:
-                atomic_write_chunks(path, [write_dicom_seg(item.case.series, labels, self.labels)])
+                try:  # a SEG problem costs that output only, never the mask already written
+                    atomic_write_chunks(path, [write_dicom_seg(item.case.series, labels, self.labels)])
+                except Exception as e:
+                    item.seg_error = f"DICOM SEG {path.name} not written ({failure_reason(e)}); the NIfTI mask was"
         return [str(p) for p in item.outputs]
 
     # -- orchestration -------------------------------------------------------------------------------------------
@@ -438,7 +442,11 @@ class BatchInference:
         def done(item: _Item) -> None:
             t = item.times
             if item.status == "processed":
-                entry = {"input": item.case.input, "outputs": [str(p) for p in item.outputs], "shape": list(item.shape)}
+                outputs = [str(p) for p in item.outputs if not (item.seg_error and p.name.endswith("_seg.dcm"))]
+                entry = {"input": item.case.input, "outputs": outputs, "shape": list(item.shape)}
+                if item.seg_error:
+                    logger.warning("%s: %s", item.case.input, item.seg_error)
+                    report.add("failed", {"input": item.case.input, "stage": "write", "reason": item.seg_error})
                 report.add("processed", {**entry, "seconds": {k: round(v, 3) for k, v in t.items()}})
             elif item.status == "skipped":
                 report.add("skipped", {"input": item.case.input, "outputs": [str(p) for p in item.outputs]})
