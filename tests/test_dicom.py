@@ -283,3 +283,35 @@ def test_a_failed_dicom_seg_costs_that_output_only(tmp_path, monkeypatch):
     assert row["stage"] == "write" and row["reason"].startswith(f"DICOM SEG {uid}_seg.dcm not written (")
     assert "the NIfTI mask was" in row["reason"] and report.exit_code == 3
     assert [p["outputs"] for p in report.processed] == [[str(out / "ct" / f"{uid}_seg.nii.gz")]]
+
+
+def test_a_study_folder_segments_only_the_series_the_model_expects(tmp_path):
+    study = tmp_path / "study"
+    ct = write_series(study / "s1", axial_positions(), seed=1)
+    scout = write_series(study / "s2", axial_positions(3), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), seed=2)
+    mpr = write_series(study / "s3", axial_positions(), image_type=("DERIVED", "SECONDARY", "MPR"), seed=3)
+    mr = write_series(study / "s4", axial_positions(), seed=4)
+    for f in (study / "s4").iterdir():  # the same geometry, another modality
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(f)
+    engine = BatchInference(
+        torch.nn.Conv3d(1, 2, 1), roi_size=(32, 32, 32), sw_batch_size=1, progress=False,
+        series_selection={"modalities": ["CT"]},
+    )  # fmt: skip
+    report = engine.run(study, tmp_path / "out")
+    assert report.exit_code == 0 and [p["input"].split("#")[1] for p in report.processed] == [ct]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    reasons = {i["input"].split("#")[1]: i["reason"] for i in summary["ignored"]}
+    assert "LOCALIZER" in reasons[scout] and "DERIVED" in reasons[mpr]
+    assert reasons[mr].endswith("Modality MR; the model expects CT")
+    with pytest.raises(ValueError, match=r"'series_selection': unknown key\(s\) \['modality'\]"):
+        BatchInference(torch.nn.Conv3d(1, 2, 1), roi_size=(32, 32, 32), series_selection={"modality": "CT"})
+
+
+def test_the_3d_bundle_expects_its_metadata_modality():
+    from pipeline.bundle.config import BUNDLE_3D, get_parsed, open_bundle
+
+    meta = json.loads((BUNDLE_3D / "configs" / "metadata.json").read_text())
+    modality = meta["network_data_format"]["inputs"]["image"]["modality"]
+    assert get_parsed(open_bundle(BUNDLE_3D, "inference.json"), "series_selection") == {"modalities": [modality]}

@@ -52,7 +52,7 @@ from torch import nn
 from pipeline.data.datalist import IMAGE_SUFFIXES
 from pipeline.data.dicom import read_series, write_dicom_seg
 from pipeline.data.images2d import MASK_SUFFIXES_2D, encode_mask_2d
-from pipeline.inference.cases import SUFFIXES_2D, Case, find_cases
+from pipeline.inference.cases import SUFFIXES_2D, Case, SeriesSelection, find_cases
 from pipeline.inference.model import default_device, load_checkpoint, split_preprocessing
 from pipeline.inference.output import OutputFolderError, check_output_dir, output_lock
 from pipeline.inference.report import (
@@ -156,6 +156,8 @@ class BatchInference:
         amp: float16 autocast on CUDA (ignored on CPU); None means on.
         probabilities: also write ``<case>_prob.nii.gz`` (float32, ``(*spatial, C)``, softmax in the input grid).
         dicom_seg: also write ``<uid>_seg.dcm`` (DICOM SEG, needs highdicom) for DICOM series.
+        series_selection: which DICOM series of a study folder to segment (:class:`SeriesSelection` or its fields,
+            e.g. ``{"modalities": ["CT"]}``); the others are listed under ``ignored`` with the reason.
         overwrite: redo cases whose outputs exist (default: skip them).
         output_postfix: mask names end ``_<postfix>.nii.gz`` (2D: ``_<postfix>.png``/``.tif`` too).
         mask_format: ``auto`` (3D: NIfTI; 2D: the input's family, see the module docstring), ``nifti``, ``png`` or
@@ -186,6 +188,7 @@ class BatchInference:
         amp: bool | None = None,
         probabilities: bool = False,
         dicom_seg: bool = False,
+        series_selection: SeriesSelection | Mapping[str, Any] | None = None,
         overwrite: bool = False,
         output_postfix: str = "seg",
         progress: bool = True,
@@ -230,6 +233,7 @@ class BatchInference:
         else:
             pre = infer_transforms(spatial_dims, pixdim, intensity)
         self.mask_format = mask_format
+        self.series_selection = SeriesSelection.of(series_selection)
         self.suffixes = SUFFIXES_2D if spatial_dims == 2 else IMAGE_SUFFIXES
         self._load, self._after_load, self._tail = split_preprocessing(pre)
         self._invert = mt.Invertd("pred", transform=self._tail, orig_keys="image", nearest_interp=False)
@@ -268,7 +272,7 @@ class BatchInference:
 
     def _run(self, input_dir: str | Path, out: Path) -> InferenceReport:
         report = InferenceReport(str(Path(input_dir).resolve()), str(out))
-        cases, failures, report.ignored = find_cases(input_dir, exclude=out, suffixes=self.suffixes)
+        cases, failures, report.ignored = find_cases(input_dir, out, self.suffixes, self.series_selection)
         for f in failures:
             logger.warning("%s failed at discover: %s", f["input"], f["reason"])
             report.add("failed", f)
