@@ -91,3 +91,62 @@ def test_seg_validates_references_and_round_trips(ct, tmp_path, fractional):
 def test_segment_concepts_by_name(name, category, meaning):
     cat, typ = segment_concepts(name)
     assert cat.meaning == category and typ.meaning.lower() == meaning.lower()
+
+
+# ------------------------------------------------------------------------------------------------ DICOM SEG as labels
+SEG_DIR = SRC.parent
+
+
+def test_seg_labels_map_segments_by_name_in_the_series_grid(ct):
+    from pipeline.data.dicom import read_seg_labels
+
+    series, _ = ct
+    labels, affine = read_seg_labels(SEG_DIR / "liver.dcm", ["background", "LIVER"])  # names match case-insensitively
+    _, series_affine = read_series(series)
+    assert labels.shape == (512, 512, 3) and labels.dtype == np.uint8
+    np.testing.assert_allclose(affine, series_affine, atol=1e-3)
+    seg = hd.seg.segread(SEG_DIR / "liver.dcm")
+    assert int((labels == 1).sum()) == int(np.asarray(seg.get_volume().array).sum()) == 107098
+
+
+def test_seg_labels_refuse_unknown_segment_names_with_the_list():
+    from pipeline.data.dicom import DicomError, read_seg_labels
+
+    with pytest.raises(
+        DicomError, match=r"segment label\(s\) \['GREEN', 'ORANGE', 'PURPLE', 'LIGHT_BLUE', 'DARK_BLUE'\] "
+    ):
+        read_seg_labels(SEG_DIR / "partial_overlaps.dcm", ["background", "liver"])
+
+
+def test_overlapping_segments_resolve_to_the_higher_class(caplog):
+    from pipeline.data.dicom import read_seg_labels
+
+    names = ["background", "green", "orange", "purple", "light_blue", "dark_blue"]
+    labels, _ = read_seg_labels(SEG_DIR / "partial_overlaps.dcm", names)
+    volume = hd.seg.segread(SEG_DIR / "partial_overlaps.dcm").get_volume(combine_segments=False)
+    masks = np.asarray(volume.array).transpose(2, 1, 0, 3) > 0  # (X, Y, Z, segment), segment s = class s + 1
+    lps = np.asarray(volume.affine)[:, [2, 1, 0, 3]]
+    if np.dot(lps[:3, 2], np.cross(lps[:3, 0], lps[:3, 1])) < 0:  # read_seg_labels orders slices along the normal
+        masks = masks[:, :, ::-1]
+    expected = np.where(masks.any(-1), masks.shape[-1] - np.argmax(masks[..., ::-1], axis=-1), 0)
+    np.testing.assert_array_equal(labels, expected)  # the highest class present wins
+    assert (masks.sum(-1) > 1).sum() > 0 and "higher class index wins" in caplog.text
+
+
+def test_a_seg_label_trains_in_the_image_grid(ct, tmp_path):
+    """A dataset whose label is the SEG a PACS exported: the chain reads it by class name and resamples it into the
+    image's grid (here an image with one more slice than the SEG covers)."""
+    import nibabel as nib
+
+    from pipeline.transforms.chains import val_transforms
+
+    series, _ = ct
+    volume, affine = read_series(series)
+    taller = np.concatenate([volume, np.full(volume.shape[:2] + (1,), -1000.0, np.float32)], axis=-1)
+    nib.save(nib.Nifti1Image(taller, affine), tmp_path / "ct.nii.gz")
+    chain = val_transforms(3, pixdim=None, crop_foreground=False, class_names=["background", "liver"])
+    out = chain({"image": str(tmp_path / "ct.nii.gz"), "label": str(SEG_DIR / "liver.dcm")})
+    assert tuple(out["label"].shape) == tuple(out["image"].shape) == (1, 512, 512, 4)
+    assert int((out["label"] == 1).sum()) == 107098 and int(out["label"][..., 3].sum()) == 0
+    with pytest.raises(Exception, match=r"liver\.dcm: .*needs the model's class_names"):
+        val_transforms(3, pixdim=None)({"image": str(tmp_path / "ct.nii.gz"), "label": str(SEG_DIR / "liver.dcm")})

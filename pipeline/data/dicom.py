@@ -31,15 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data import ImageReader
 
 __all__ = [
     "DICOM_SUFFIXES",
     "MAX_TILT_DEGREES",
     "DicomError",
+    "DicomSegReader",
     "DicomSeries",
+    "SEG_STORAGE",
     "SliceInfo",
     "find_dicom_series",
     "is_dicom_candidate",
+    "is_dicom_seg",
+    "read_seg_labels",
     "read_series",
     "series_geometry",
     "segment_concepts",
@@ -519,3 +524,118 @@ def _segmentation(hd: Any, sources: list[Any], pixels: np.ndarray, kind: Any, de
         max_fractional_value=255,
         specific_character_set=_character_set(sources[0]),
     )
+
+
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def is_dicom_seg(path: str | os.PathLike) -> bool:
+    """True for a DICOM Segmentation file (``Modality`` SEG / Segmentation Storage), read from its header only."""
+    import pydicom
+
+    if not str(path).lower().endswith(DICOM_SUFFIXES) or not Path(path).is_file():
+        return False
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+    except Exception:  # not DICOM: another reader's file
+        return False
+    return str(ds.get("Modality", "")) == "SEG" or str(ds.get("SOPClassUID", "")) == SEG_STORAGE
+
+
+def read_seg_labels(path: str | Path, class_names: Sequence[str] | Mapping[int, str]) -> tuple[np.ndarray, np.ndarray]:
+    """A DICOM SEG as a label map: segments mapped to class indices by label name, in the SEG's own grid.
+
+    Segment labels match class names case-insensitively; a segment whose label is no class (or the background) is
+    refused with the list. Where segments of different classes overlap, the higher class index wins (a lesion
+    drawn inside an organ stays a lesion); the overlap is logged with its voxel count. Fractional segments count where
+    their value is >= 0.5.
+
+    Args:
+        path: the SEG file.
+        class_names: the model's classes, background first (a list, or ``{index: name}``).
+
+    Returns:
+        ``(labels (X, Y, Z) uint8, affine (4, 4) RAS)``, axes as :func:`read_series` returns them.
+
+    Raises:
+        DicomError: not readable as a SEG, or a segment label that is not a class.
+        ImportError: highdicom is missing (``pip install 'pipeline[dicom-seg]'``).
+    """
+    try:
+        import highdicom as hd
+    except ImportError as e:
+        raise ImportError(
+            f"{path}: reading DICOM SEG labels needs highdicom: pip install 'pipeline[dicom-seg]'."
+        ) from e
+    names = [class_names[i] for i in sorted(class_names)] if isinstance(class_names, Mapping) else list(class_names)
+    lookup = {str(n).lower(): i for i, n in enumerate(names) if i > 0}
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as e:
+        raise DicomError(f"{path}: not a readable DICOM SEG ({_one_line(e)}).") from e
+    numbers, classes, unknown = [], [], []
+    for item in seg.SegmentSequence:
+        index = lookup.get(str(item.SegmentLabel).lower())
+        if index is None:
+            unknown.append(str(item.SegmentLabel))
+        else:
+            numbers.append(int(item.SegmentNumber))
+            classes.append(index)
+    if unknown:
+        raise DicomError(
+            f"{path}: segment label(s) {unknown} are not classes of this model; expected some of {names[1:]} "
+            "(case-insensitive). Fix: rename the segments, or set class_names to the SEG's labels."
+        )
+    volume = seg.get_volume(segment_numbers=numbers, combine_segments=False)
+    masks = np.asarray(volume.array)
+    masks = masks >= 0.5 if np.issubdtype(masks.dtype, np.floating) else masks > 0
+    labels: np.ndarray = np.zeros(masks.shape[:3], np.uint8)
+    for s, index in sorted(enumerate(classes), key=lambda sc: sc[1]):  # ascending: higher classes win overlaps
+        labels[masks[..., s]] = index
+    overlap = int((masks.sum(-1) > 1).sum()) if masks.shape[-1] > 1 else 0
+    if overlap:
+        logger.warning(
+            "%s: %d voxel(s) lie in more than one segment; the higher class index wins there.", path, overlap
+        )
+    lps = np.asarray(volume.affine, dtype=float)[:, [2, 1, 0, 3]]  # (slice, row, column) -> (column, row, slice)
+    labels = labels.transpose(2, 1, 0)
+    n_slices = int(labels.shape[2])
+    if np.dot(lps[:3, 2], np.cross(lps[:3, 0], lps[:3, 1])) < 0:  # slices in order along the normal, as read_series
+        labels = labels[:, :, ::-1]
+        lps[:3, 3] += lps[:3, 2] * (n_slices - 1)
+        lps[:3, 2] *= -1
+    return np.ascontiguousarray(labels), _LPS_TO_RAS @ lps
+
+
+class DicomSegReader(ImageReader):
+    """MONAI ``ImageReader`` for label files that are DICOM SEG objects (see :func:`read_seg_labels`); any other
+    file is left to MONAI's readers. ``LoadImaged(keys, reader=DicomSegReader(class_names))``."""
+
+    def __init__(self, class_names: Sequence[str] | Mapping[int, str] | None) -> None:
+        self.class_names = class_names
+
+    def verify_suffix(self, filename: Any) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return len(names) == 1 and is_dicom_seg(names[0])
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if len(names) != 1 or not is_dicom_seg(names[0]):
+            raise DicomError(f"{names}: not one DICOM SEG file.")
+        return str(names[0])
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        if not self.class_names:
+            raise DicomError(
+                f"{img}: a DICOM SEG label needs the model's class_names to map its segments to class indices."
+            )
+        labels, affine = read_seg_labels(img, self.class_names)
+        meta = {
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "spatial_shape": np.asarray(labels.shape),
+            "space": "RAS",
+            "original_channel_dim": "no_channel",
+            "filename_or_obj": str(img),
+        }
+        return labels, meta

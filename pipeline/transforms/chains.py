@@ -24,11 +24,14 @@ Keys follow ``monai.utils.CommonKeys``: ``image``, ``label``, ``pred``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from monai import transforms as mt
 
+from pipeline.data.dicom import DicomSegReader, is_dicom_seg
 from pipeline.data.images2d import Image2DReader
 from pipeline.transforms.intensity import intensity_transform
 from pipeline.transforms.labels2d import MaskToClassesd, label_channels
@@ -38,6 +41,8 @@ __all__ = [
     "DEFAULT_PIXDIM",
     "CaseCompose",
     "CaseTransformError",
+    "LabelToImageGridd",
+    "LoadLabeld",
     "augment_transforms",
     "eval_postprocessing",
     "infer_transforms",
@@ -122,10 +127,13 @@ def load_transforms(
     channel_dim: str | int = "auto",
     color_tolerance: float = 0,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[mt.Transform]:
     """The load head: files -> ``image (C, *spatial)`` [and ``label (1, *spatial)``], before resampling.
 
-    3D: ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")``. 2D: ``LoadImaged`` with
+    3D: ``LoadImaged`` (a label may be a DICOM SEG: :class:`~pipeline.data.dicom.DicomSegReader` maps its segments
+    to class indices by ``class_names``) -> ``EnsureChannelFirstd`` -> :class:`LabelToImageGridd` ->
+    ``Orientationd("RAS")``. 2D: ``LoadImaged`` with
     :class:`Image2DReader` (image and label with their own channel counts) -> ``EnsureChannelFirstd`` ->
     :class:`MaskToClassesd` (labels only).
 
@@ -137,6 +145,7 @@ def load_transforms(
         channel_dim: 2D: ``.npy`` channel axis (``"auto"``, 0, -1).
         color_tolerance: 2D: see :class:`MaskToClassesd`.
         num_classes: 2D: checks the ``label_colors`` class indices.
+        class_names: 3D: the classes (background first) a DICOM SEG label's segment labels are matched to.
     """
     _check_dims(spatial_dims)
     keys = list(keys)
@@ -146,11 +155,13 @@ def load_transforms(
                 f"'label_colors' maps RGB(A)-coded 2D masks, but spatial_dims=3, got label_colors={label_colors!r}. "
                 "Fix: set label_colors to null for 3D label maps, or use spatial_dims=2 for 2D images."
             )
-        return [
-            mt.LoadImaged(keys, image_only=True),
-            mt.EnsureChannelFirstd(keys),
-            mt.Orientationd(keys, axcodes="RAS"),
-        ]
+        chain3d: list[mt.Transform] = [mt.LoadImaged("image", image_only=True)]
+        if "label" in keys:
+            chain3d.append(LoadLabeld(class_names))
+        chain3d.append(mt.EnsureChannelFirstd(keys))
+        if "label" in keys:
+            chain3d.append(LabelToImageGridd())
+        return [*chain3d, mt.Orientationd(keys, axcodes="RAS")]
     reader = Image2DReader(in_channels, channel_dim)
     chain: list[mt.Transform] = [mt.LoadImaged("image", reader=reader, image_only=True)]  # type: ignore[arg-type]
     if "label" in keys:
@@ -160,6 +171,40 @@ def load_transforms(
     if "label" in keys:
         chain.append(MaskToClassesd("label", label_colors, color_tolerance, num_classes))
     return chain
+
+
+class LoadLabeld(mt.MapTransform):
+    """Load ``label`` like ``LoadImaged`` (MONAI's readers, chosen by suffix), or, when it is a DICOM SEG, with
+    :class:`~pipeline.data.dicom.DicomSegReader` (segments mapped to class indices by ``class_names``)."""
+
+    def __init__(self, class_names: Sequence[str] | None = None, key: str = "label") -> None:
+        super().__init__([key])
+        self.key, self.loader, self.seg_reader = key, mt.LoadImage(image_only=True), DicomSegReader(class_names)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        path = d[self.key]
+        seg = isinstance(path, (str, os.PathLike)) and is_dicom_seg(path)
+        d[self.key] = self.loader(path, reader=self.seg_reader) if seg else self.loader(path)
+        return d
+
+
+class LabelToImageGridd(mt.MapTransform):
+    """Resample a label that is not in its image's grid (a DICOM SEG covers only the slices it was drawn on) onto that
+    grid, nearest neighbour; a label already in the image's grid (shape and affine within ``atol`` mm) is untouched."""
+
+    def __init__(self, label_key: str = "label", image_key: str = "image", atol: float = 1e-3) -> None:
+        super().__init__([label_key])
+        self.label_key, self.image_key, self.atol = label_key, image_key, atol
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        label, image = d[self.label_key], d[self.image_key]
+        same_shape = tuple(label.shape[1:]) == tuple(image.shape[1:])
+        if same_shape and np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=self.atol):
+            return d
+        d[self.label_key] = mt.ResampleToMatch(mode="nearest", padding_mode="zeros")(label, img_dst=image)
+        return d
 
 
 def _head(
@@ -172,9 +217,12 @@ def _head(
     channel_dim: str | int,
     color_tolerance: float = 0,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[mt.Transform]:
     """Load head + spacing + intensity."""
-    chain = load_transforms(keys, spatial_dims, in_channels, label_colors, channel_dim, color_tolerance, num_classes)
+    chain = load_transforms(
+        keys, spatial_dims, in_channels, label_colors, channel_dim, color_tolerance, num_classes, class_names
+    )
     if pixdim is not None:
         pix = _check_sizes("pixdim", pixdim, spatial_dims)
         chain.append(mt.Spacingd(keys, pixdim=pix, mode=("bilinear", "nearest") if "label" in keys else "bilinear"))
@@ -239,8 +287,9 @@ def train_transforms(
     keys = ["image", "label"]
     pix = _pixdim(pixdim, spatial_dims)
     chain = _head(
-        keys, spatial_dims, pix, intensity, in_channels, label_colors, channel_dim, color_tolerance, num_classes
-    )
+        keys, spatial_dims, pix, intensity, in_channels, label_colors, channel_dim, color_tolerance, num_classes,
+        class_names,
+    )  # fmt: skip
     if crop_foreground if crop_foreground is not None else spatial_dims == 3:
         chain.append(mt.CropForegroundd(keys, source_key="image", margin=4, allow_smaller=True))
     chain.append(mt.SpatialPadd(keys, spatial_size=patch))
@@ -293,14 +342,17 @@ def val_transforms(
     label_colors: Mapping[Any, Sequence[int]] | None = None,
     channel_dim: str | int = "auto",
     color_tolerance: float = 0,
+    class_names: Sequence[str] | None = None,
 ) -> mt.Compose:
     """Validation/evaluation chain (deterministic, whole images of any size): ``image (C, ...)``, ``label (1, ...)``.
 
-    Arguments as :func:`train_transforms`.
+    Arguments as :func:`train_transforms`; ``class_names`` map DICOM SEG labels' segments to class indices.
     """
     keys = ["image", "label"]
     pix = _pixdim(pixdim, spatial_dims)
-    chain = _head(keys, spatial_dims, pix, intensity, in_channels, label_colors, channel_dim, color_tolerance)
+    chain = _head(
+        keys, spatial_dims, pix, intensity, in_channels, label_colors, channel_dim, color_tolerance, None, class_names
+    )
     if crop_foreground if crop_foreground is not None else spatial_dims == 3:
         chain.append(mt.CropForegroundd(keys, source_key="image", margin=4, allow_smaller=True))
     chain.append(mt.EnsureTyped(keys))
