@@ -315,3 +315,23 @@ def test_the_3d_bundle_expects_its_metadata_modality():
     meta = json.loads((BUNDLE_3D / "configs" / "metadata.json").read_text())
     modality = meta["network_data_format"]["inputs"]["image"]["modality"]
     assert get_parsed(open_bundle(BUNDLE_3D, "inference.json"), "series_selection") == {"modalities": [modality]}
+
+
+def test_fractional_dicom_seg_holds_the_class_probabilities(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    root = tmp_path / "archive"
+    uid = write_series(root / "ct", axial_positions(), seed=3)
+    torch.manual_seed(0)
+    engine = BatchInference(
+        torch.nn.Conv3d(1, 3, 1), class_names=["background", "organ", "lesion"], roi_size=(32, 32, 32),
+        sw_batch_size=1, progress=False, dicom_seg="fractional", probabilities=True,
+    )  # fmt: skip
+    out = tmp_path / "masks"
+    assert engine.run(root, out).exit_code == 0
+    seg = hd.seg.segread(out / "ct" / f"{uid}_seg.dcm")
+    assert seg.SegmentationType == "FRACTIONAL" and [s.SegmentLabel for s in seg.SegmentSequence] == ["organ", "lesion"]
+    probs = nib.load(out / "ct" / f"{uid}_prob.nii.gz").get_fdata()  # (X, Y, Z, C)
+    organ = np.asarray(seg.get_volume(segment_numbers=[1], combine_segments=False).array)[..., 0]  # (Z, Y, X)
+    np.testing.assert_allclose(np.sort(organ.ravel()), np.sort(probs[..., 1].ravel()), atol=1 / 255 + 1e-6)
+    with pytest.raises(ValueError, match=r"'dicom_seg' must be False, True, 'binary' or 'fractional', got 'prob'"):
+        BatchInference(torch.nn.Conv3d(1, 3, 1), roi_size=(32, 32, 32), dicom_seg="prob")

@@ -125,7 +125,7 @@ def test_cli_flags_set_bundle_ids():
     )  # fmt: skip
     assert bundle_overrides(args) == {
         "sw_overlap": 0.0, "sw_mode": "constant", "sw_batch_size": 4, "device": "cpu", "probabilities": True,
-        "overwrite": True, "dicom_seg": True, "progress": False,
+        "overwrite": True, "dicom_seg": "binary", "progress": False,
     }  # fmt: skip
     # flags left out keep the bundle's values
     assert bundle_overrides(build_parser().parse_args(["infer", "in", "out", "--bundle", "b"])) == {}

@@ -43,7 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("gaussian", "constant"), help="window blending (default: bundle's sw_mode)")
     parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: bundle's)")
     parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: the bundle's device)")
-    parser.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG for DICOM series (highdicom)")
+    parser.add_argument(
+        "--dicom-seg",
+        nargs="?",
+        const="binary",
+        choices=("binary", "fractional"),
+        help="also write DICOM SEG for DICOM series (highdicom): the label map (binary, the default) or each class's "
+        "probability (fractional)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

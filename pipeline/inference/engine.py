@@ -155,7 +155,8 @@ class BatchInference:
         device: torch device; None picks CUDA when present.
         amp: float16 autocast on CUDA (ignored on CPU); None means on.
         probabilities: also write ``<case>_prob.nii.gz`` (float32, ``(*spatial, C)``, softmax in the input grid).
-        dicom_seg: also write ``<uid>_seg.dcm`` (DICOM SEG, needs highdicom) for DICOM series.
+        dicom_seg: also write ``<uid>_seg.dcm`` (DICOM SEG, needs highdicom) for DICOM series: True or ``"binary"``
+            (the label map), ``"fractional"`` (each class's probability, 8-bit); False: none.
         series_selection: which DICOM series of a study folder to segment (:class:`SeriesSelection` or its fields,
             e.g. ``{"modalities": ["CT"]}``); the others are listed under ``ignored`` with the reason.
         overwrite: redo cases whose outputs exist (default: skip them).
@@ -187,7 +188,7 @@ class BatchInference:
         device: str | torch.device | None = None,
         amp: bool | None = None,
         probabilities: bool = False,
-        dicom_seg: bool = False,
+        dicom_seg: bool | str = False,
         series_selection: SeriesSelection | Mapping[str, Any] | None = None,
         overwrite: bool = False,
         output_postfix: str = "seg",
@@ -205,6 +206,8 @@ class BatchInference:
             raise ValueError(f"'mask_format' must be one of {list(MASK_FORMATS)}, got {mask_format!r}.")
         if inferer is None and len(roi_size) != spatial_dims:
             raise ValueError(f"'roi_size' must have {spatial_dims} entries (spatial_dims), got {list(roi_size)!r}.")
+        if dicom_seg not in (False, None, True, "binary", "fractional"):
+            raise ValueError(f"'dicom_seg' must be False, True, 'binary' or 'fractional', got {dicom_seg!r}.")
         if dicom_seg:
             try:
                 import highdicom  # noqa: F401
@@ -429,7 +432,8 @@ class BatchInference:
                 atomic_write_chunks(path, [buf.getvalue()])
             elif item.case.series is not None:
                 try:  # a SEG problem costs that output only, never the mask already written
-                    atomic_write_chunks(path, [write_dicom_seg(item.case.series, labels, self.labels)])
+                    fractions = np.moveaxis(pred.float().numpy(), 0, -1) if self.dicom_seg == "fractional" else None
+                    atomic_write_chunks(path, [write_dicom_seg(item.case.series, labels, self.labels, fractions)])
                 except Exception as e:
                     item.seg_error = f"DICOM SEG {path.name} not written ({failure_reason(e)}); the NIfTI mask was"
         return [str(p) for p in item.outputs]
