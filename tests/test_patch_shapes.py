@@ -40,3 +40,16 @@ def test_a_broken_case_is_named_in_the_error(tiny_dataset_3d, tmp_path):
     with pytest.raises(CaseTransformError, match=r"^/.*broken_case\.nii\.gz: ImageFileError: ") as info:
         chain({**item, "image": str(broken)})
     assert "applying transform" not in str(info.value)  # MONAI's wrapper is peeled off
+
+
+def test_the_foreground_crop_keeps_tissue_darker_than_the_mean_after_a_zscore():
+    import numpy as np
+    from monai.data import MetaTensor
+
+    from pipeline.transforms.chains import above_minimum
+
+    # after a z-score, background is the most negative value and dark tissue is negative too
+    image = MetaTensor(np.full((1, 20, 20, 20), -2.0, np.float32))
+    image[:, 5:15, 5:15, 5:15] = -0.5  # darker than the mean, but tissue
+    image[:, 9:11, 9:11, 9:11] = 3.0
+    assert int(above_minimum(image).sum()) == 1000  # MONAI's default (x > 0) would keep 8 voxels

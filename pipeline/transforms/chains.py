@@ -43,6 +43,7 @@ __all__ = [
     "CaseTransformError",
     "LabelToImageGridd",
     "LoadLabeld",
+    "above_minimum",
     "augment_transforms",
     "eval_postprocessing",
     "infer_transforms",
@@ -173,6 +174,17 @@ def load_transforms(
     return chain
 
 
+def above_minimum(x: Any) -> Any:
+    """Foreground for the crop: every voxel above the image's minimum (air/background after any intensity mode:
+    0 after window or percentile scaling, the most negative value after a z-score), not MONAI's default ``x > 0``,
+    which after a z-score would drop everything darker than the mean."""
+    return x > x.min()
+
+
+def _foreground_crop(keys: list[str]) -> mt.Transform:
+    return mt.CropForegroundd(keys, source_key="image", select_fn=above_minimum, margin=4, allow_smaller=True)
+
+
 class LoadLabeld(mt.MapTransform):
     """Load ``label`` like ``LoadImaged`` (MONAI's readers, chosen by suffix), or, when it is a DICOM SEG, with
     :class:`~pipeline.data.dicom.DicomSegReader` (segments mapped to class indices by ``class_names``)."""
@@ -291,7 +303,9 @@ def train_transforms(
         class_names,
     )  # fmt: skip
     if crop_foreground if crop_foreground is not None else spatial_dims == 3:
-        chain.append(mt.CropForegroundd(keys, source_key="image", margin=4, allow_smaller=True))
+        chain.append(
+            mt.CropForegroundd(keys, source_key="image", select_fn=above_minimum, margin=4, allow_smaller=True)
+        )
     chain.append(mt.SpatialPadd(keys, spatial_size=patch))
     chain += sampler
     if augment:
@@ -354,7 +368,9 @@ def val_transforms(
         keys, spatial_dims, pix, intensity, in_channels, label_colors, channel_dim, color_tolerance, None, class_names
     )
     if crop_foreground if crop_foreground is not None else spatial_dims == 3:
-        chain.append(mt.CropForegroundd(keys, source_key="image", margin=4, allow_smaller=True))
+        chain.append(
+            mt.CropForegroundd(keys, source_key="image", select_fn=above_minimum, margin=4, allow_smaller=True)
+        )
     chain.append(mt.EnsureTyped(keys))
     return CaseCompose(chain)
 
