@@ -20,6 +20,7 @@ VERBS: tuple[str, ...] = (
     "synth",
     "check-data",
     "audit",
+    "plan",
     "overfit",
     "demo",
     "demo-2d",
@@ -30,6 +31,7 @@ VERBS: tuple[str, ...] = (
     "pack",
     "verify",
     "import",
+    "keygen",
 )
 
 

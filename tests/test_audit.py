@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.apps.audit import audit_dataset, override_config, write_audit
+from pipeline.apps.audit import ClassNamesError, audit_dataset, override_config, write_audit
 from pipeline.bundle.config import BUNDLE_2D
 from pipeline.cli import main
 from pipeline.data.synthetic2d import SITES_2D, make_case_2d
@@ -106,11 +106,41 @@ def test_bad_labels_are_reported_with_file_and_values(tmp_path):
     )
 
 
-def test_bundle_channel_def_names_the_classes(tiny_dataset_3d):
+def test_bundle_class_names_name_the_classes(tiny_dataset_3d):
     report = audit_dataset(tiny_dataset_3d, bundle=BUNDLE_3D)
     assert report.class_names == {0: "background", 1: "organ", 2: "vessel", 3: "lesion"}
-    assert "channel_def" in report.class_source and len(report.cases) == 4  # training + validation
+    assert "train.json class_names" in report.class_source and len(report.cases) == 4  # training + validation
     assert report.errors == []
+
+
+def _hippocampus_like(root: Path, labels: dict[str, str]) -> Path:
+    a = np.zeros((6, 6, 4), np.uint8)
+    a[1:3, 1:4, 1:3], a[3:5, 1:4, 1:3] = 1, 2
+    return _write(root, {"h1": (a, np.eye(4))}, labels=labels)
+
+
+def test_bundle_classes_that_differ_from_dataset_labels_are_an_error_with_the_fix(tmp_path, capsys):
+    root = _hippocampus_like(tmp_path / "ds", {"0": "background", "1": "Anterior", "2": "Posterior"})
+    with pytest.raises(ClassNamesError) as info:
+        audit_dataset(root, bundle=BUNDLE_3D)
+    msg = str(info.value)
+    assert "train.json class_names: 4 classes ['background', 'organ', 'vessel', 'lesion'], but" in msg
+    assert "'labels' declare 3: ['background', 'Anterior', 'Posterior']" in msg
+    assert f"python -m pipeline plan {root} --bundle {BUNDLE_3D} --out plan.json" in msg and "--class_names" in msg
+    assert main(["audit", str(root), "--bundle", str(BUNDLE_3D), "--out", str(tmp_path / "out")]) == 1
+    assert "audit: " in capsys.readouterr().out and not (tmp_path / "out").exists()  # no audit with wrong names
+    same = ["BACKGROUND", "anterior", "posterior"]  # names compare case-insensitively
+    report = audit_dataset(root, bundle=BUNDLE_3D, overrides={"class_names": same})
+    assert report.class_names == {0: "BACKGROUND", 1: "anterior", 2: "posterior"} and report.errors == []
+    assert "--set class_names" in report.class_source
+    with pytest.raises(ClassNamesError, match=r"2 classes \['background', 'posterior'\]"):
+        audit_dataset(root, class_names={0: "background", 1: "posterior"})
+
+
+def test_without_a_bundle_the_dataset_labels_name_the_classes(tmp_path):
+    report = audit_dataset(_hippocampus_like(tmp_path / "ds", {"0": "background", "1": "Anterior", "2": "Posterior"}))
+    assert [r["name"] for r in report.classes] == ["background", "Anterior", "Posterior"]
+    assert report.recommendation is not None and len(report.recommendation.ratios) == 3
 
 
 def test_2d_labels_report_mm2(tmp_path):

@@ -79,6 +79,29 @@ def test_classes_come_from_dataset_json_when_not_given(tmp_path):
     assert problem.kind == "label_values" and "[5] are not declared classes [0, 1]" in problem.message
 
 
+def test_class_names_that_differ_from_dataset_labels_are_an_error(tmp_path, capsys):
+    root = good(tmp_path / "ds", 1)
+    item = {"image": "imagesTr/case0.nii.gz", "label": "labelsTr/case0.nii.gz"}
+    labels = {"0": "background", "1": "Organ", "2": "vessel", "3": "LESION"}
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "training": [item]}))
+    assert check_dataset(root, class_names=CLASSES).problems == []  # same names, other case
+    problems = check_dataset(root, class_names=["background", "organ"]).problems
+    assert sorted(p.kind for p in problems) == ["class_names", "label_values"]  # values 2, 3 are undeclared too
+    [problem] = [p for p in problems if p.kind == "class_names"]
+    assert problem.where == "class_names"
+    assert "2 classes ['background', 'organ'], but" in problem.message and "declare 4" in problem.message
+    labels["3"] = "tumour"
+    (root / "dataset.json").write_text(json.dumps({"labels": labels, "training": [item]}))
+    assert main(["check-data", str(root), "--bundle", str(BUNDLE_3D)]) == 1
+    out = capsys.readouterr().out
+    assert f"[error] {BUNDLE_3D / 'configs' / 'train.json'} class_names: 4 classes" in out
+    assert f"python -m pipeline plan {root} --bundle {BUNDLE_3D} --out plan.json" in out
+    names = json.dumps(["background", "organ", "vessel", "tumour"])
+    assert main(["check-data", str(root), "--bundle", str(BUNDLE_3D), "--set", f"class_names={names}"]) == 0
+    with pytest.raises(DataCheckError, match=r"class_names: 4 classes .* 'labels' declare 4: .*'tumour'"):
+        check_training_data(root, 3, 1, CLASSES)  # what a bundle's data_check does before training
+
+
 def test_patch_size_checks():
     assert network_stride("resnet10") == network_stride("efficientnet-b0") == 32
     assert check_patch_size([64, 64, 32]) == []

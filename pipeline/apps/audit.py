@@ -27,13 +27,14 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.bundle.config import bundle_class_names, get_parsed, open_bundle
-from pipeline.checks.dataset import label_colors_fallback
+from pipeline.checks.dataset import class_names_problem, label_colors_fallback
 from pipeline.checks.images import CaseReader
 from pipeline.data.datalist import case_id, class_names_from_dataset, load_datalist
 
 __all__ = [
     "AuditReport",
     "CaseAudit",
+    "ClassNamesError",
     "Recommendation",
     "audit_dataset",
     "audit_markdown",
@@ -209,6 +210,21 @@ def _reading_settings(
     return settings, [f"{note.where}: {note.message}"] if note is not None else []
 
 
+class ClassNamesError(ValueError):
+    """The bundle's (or given) class names differ from the dataset's ``dataset.json`` ``labels``; the message says
+    both and the fix (``python -m pipeline plan``)."""
+
+
+def _bundle_classes(bundle: str | Path, overrides: Mapping[str, Any] | None) -> tuple[dict[int, str], str]:
+    """What training would use: ``class_names`` of ``train.json`` (after ``overrides``), else ``channel_def``."""
+    parser = open_bundle(bundle, "train.json", overrides)
+    if "class_names" in parser:
+        names = get_parsed(parser, "class_names")
+        where = "--set class_names" if overrides and "class_names" in overrides else "class_names"
+        return {i: str(n) for i, n in enumerate(names)}, f"{Path(bundle) / 'configs' / 'train.json'} {where}"
+    return bundle_class_names(bundle), f"{Path(bundle) / 'configs' / 'metadata.json'} channel_def"
+
+
 def audit_dataset(
     dataset_dir: str | Path,
     bundle: str | Path | None = None,
@@ -224,10 +240,12 @@ def audit_dataset(
 
     Args:
         dataset_dir: dataset folder.
-        bundle: bundle folder; class names from its ``metadata.json`` ``channel_def``, and how to read labels
-            (``spatial_dims``, ``label_colors``, ``channel_dim``, ``color_tolerance``) from its ``train.json``.
+        bundle: bundle folder; class names from its ``train.json`` ``class_names`` (after ``overrides``; else
+            ``metadata.json`` ``channel_def``), and how to read labels (``spatial_dims``, ``label_colors``,
+            ``channel_dim``, ``color_tolerance``) from its ``train.json``.
         class_names: ``{index: name}``; overrides ``bundle``. Without either: ``dataset.json`` ``labels``, else
-            every value found (``class_<v>``, with a note).
+            every value found (``class_<v>``, with a note). Names given or from the bundle must match the
+            ``dataset.json`` ``labels`` when it has them (count, and names case-insensitively).
         sections: datalist sections to read (a missing ``validation`` section is simply empty).
         spatial_dims: 2 reads labels as the 2D chains do (PNG/TIFF/``.npy``/NIfTI, colours mapped); None: the
             bundle's, else any 2D/3D label through nibabel/MONAI.
@@ -237,13 +255,21 @@ def audit_dataset(
 
     Returns:
         The report, with :attr:`AuditReport.recommendation` filled by :func:`recommend`.
+
+    Raises:
+        ClassNamesError: the class names given or the bundle's differ from the ``dataset.json`` ``labels``.
     """
     given: dict[str, Any] = {"spatial_dims": spatial_dims, "label_colors": label_colors, "channel_dim": channel_dim}
     given["color_tolerance"] = color_tolerance
     reading, notes = _reading_settings(dataset_dir, bundle, given, overrides)
     source = "argument"
     if class_names is None and bundle is not None:
-        class_names, source = bundle_class_names(bundle), f"{Path(bundle) / 'configs' / 'metadata.json'} channel_def"
+        class_names, source = _bundle_classes(bundle, overrides)
+    if class_names is not None:
+        names = [class_names[k] for k in sorted(class_names)]
+        problem = class_names_problem(dataset_dir, names, source, bundle)
+        if problem is not None:
+            raise ClassNamesError(str(problem))
     if class_names is None:
         class_names, source = class_names_from_dataset(dataset_dir), f"{Path(dataset_dir) / 'dataset.json'} labels"
     items = [it for s in sections for it in load_datalist(dataset_dir, s) if it.get("label")]

@@ -38,6 +38,7 @@ __all__ = [
     "check_output_dirs",
     "check_patch_size",
     "check_training_data",
+    "class_names_problem",
     "label_colors_fallback",
     "network_stride",
 ]
@@ -48,7 +49,7 @@ LEVELS = ("headers", "full", "off")
 KINDS = (
     "missing_file", "unreadable", "truncated", "shape_mismatch", "affine_mismatch", "label_values", "float_labels",
     "non_finite", "wrong_dims", "wrong_channels", "empty_dataset", "duplicate_case", "datalist", "dicom_mixed_series",
-    "dicom_geometry", "small_image", "patch_stride", "output_not_writable", "label_colors",
+    "dicom_geometry", "small_image", "patch_stride", "output_not_writable", "label_colors", "class_names",
 )  # fmt: skip
 
 
@@ -316,6 +317,8 @@ def check_dataset(
     items = [it for s in sections for it in lists.get(s, [])]
     report.cases = len(items)
     names = list(class_names) if class_names is not None else None
+    if names is not None and (mismatch := class_names_problem(dataset_dir, names)) is not None:
+        report.problems.append(mismatch)
     if names is None and (from_json := class_names_from_dataset(dataset_dir)) is not None:
         names = [from_json[k] for k in sorted(from_json)]
     declared = set(range(len(names))) if names is not None else None
@@ -348,6 +351,34 @@ def check_dataset(
             )
         )
     return report
+
+
+def class_names_problem(
+    dataset_dir: str | Path, class_names: Sequence[str], where: str = "class_names", bundle: str | Path | None = None
+) -> Problem | None:
+    """The ``class_names`` used differ from the dataset's ``dataset.json`` ``labels`` (count, or names compared
+    case-insensitively in index order); None when they agree or the dataset declares no labels.
+
+    Training with another dataset's classes runs, but names every output channel wrongly (and an extra class becomes
+    a ratio-0 class that no patch can centre on), so this is an error whose fix is the dataset's own plan.
+    """
+    labels = class_names_from_dataset(dataset_dir)
+    if not labels:
+        return None
+    wanted = [labels[k] for k in sorted(labels)]
+    names = [str(n) for n in class_names]
+    if [n.casefold() for n in names] == [n.casefold() for n in wanted]:
+        return None
+    json_path = Path(dataset_dir) / "dataset.json"
+    plan = f"python -m pipeline plan {dataset_dir}" + (f" --bundle {bundle}" if bundle is not None else "")
+    return Problem(
+        "class_names",
+        where,
+        f"{len(names)} classes {names}, but {json_path} 'labels' declare {len(wanted)}: {wanted}; expected the "
+        "same classes in the same order (names compared case-insensitively). Fix: plan the bundle for this dataset "
+        f"({plan} --out plan.json, then train with --args_file plan.json), or pass --class_names "
+        f"\"{wanted}\" (check-data/audit: --set 'class_names={json.dumps(wanted)}').",
+    )
 
 
 def label_colors_fallback(dataset_dir: str | Path, settings: MutableMapping[str, Any]) -> Problem | None:

@@ -16,8 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bundle",
         type=Path,
-        help="bundle folder: class names from configs/metadata.json channel_def; how to read labels (spatial_dims, "
-        "2D label_colors, channel_dim, color_tolerance) from configs/train.json",
+        help="bundle folder: class names from configs/train.json class_names (must match dataset.json labels, "
+        "else an error: python -m pipeline plan fixes it); how to read labels (spatial_dims, 2D label_colors, "
+        "channel_dim, color_tolerance) from configs/train.json",
     )
     parser.add_argument(
         "--set",

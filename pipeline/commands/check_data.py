@@ -69,7 +69,7 @@ def _settings(bundle: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.bundle.overrides import parse_set_options
-    from pipeline.checks.dataset import check_dataset, check_patch_size, label_colors_fallback
+    from pipeline.checks.dataset import check_dataset, check_patch_size, class_names_problem, label_colors_fallback
 
     try:
         settings = _settings(args.bundle, parse_set_options(args.set))
@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if note is not None:
         report.problems.append(note)
+    if args.bundle is not None and "class_names" in settings:  # name the bundle's config in the class mismatch
+        where = f"{args.bundle / 'configs' / 'train.json'} class_names"
+        mismatch = class_names_problem(args.dataset_dir, settings["class_names"], where, args.bundle)
+        report.problems = [p for p in report.problems if p.kind != "class_names"] + ([mismatch] if mismatch else [])
     if "patch_size" in settings:
         report.problems += check_patch_size(settings["patch_size"], settings.get("spatial_dims", 3), backbone)
     print(report.summary())
