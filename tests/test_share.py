@@ -16,7 +16,7 @@ import torch
 from pipeline.cli import main
 from pipeline.share.archive import check_zip_entries
 from pipeline.share.install import import_bundle, open_verified_bundle
-from pipeline.share.logconf import scan_logging_conf
+from pipeline.share.logconf import LOGGING_CONF, scan_logging_conf
 from pipeline.share.pack import pack_bundle
 from pipeline.share.report import BundleVerificationError, ShareError
 from pipeline.share.scan import check_expression, check_target
@@ -33,23 +33,6 @@ NET = {
     "out_channels": 2,
     "features": [2, 2, 2, 2, 2, 2],
 }
-LOGGING_CONF = """[loggers]
-keys=root
-[handlers]
-keys=consoleHandler
-[formatters]
-keys=fullFormatter
-[logger_root]
-level=INFO
-handlers=consoleHandler
-[handler_consoleHandler]
-class=StreamHandler
-level=INFO
-formatter=fullFormatter
-args=(sys.stdout,)
-[formatter_fullFormatter]
-format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
-"""
 
 
 def _tensor(channels: int, channel_def: dict | None = None) -> dict:
