@@ -335,3 +335,24 @@ def test_fractional_dicom_seg_holds_the_class_probabilities(tmp_path):
     np.testing.assert_allclose(np.sort(organ.ravel()), np.sort(probs[..., 1].ravel()), atol=1 / 255 + 1e-6)
     with pytest.raises(ValueError, match=r"'dicom_seg' must be False, True, 'binary' or 'fractional', got 'prob'"):
         BatchInference(torch.nn.Conv3d(1, 3, 1), roi_size=(32, 32, 32), dicom_seg="prob")
+
+
+def test_a_non_image_object_without_preamble_is_ignored_not_failed(tmp_path):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    write_series(tmp_path / "ct", axial_positions(), seed=1)
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.481.3", generate_uid()  # RT Structure Set
+    ds.Modality, ds.SeriesInstanceUID, ds.StructureSetLabel = "RTSTRUCT", generate_uid(), "contours"
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ds)  # a raw stream: no 128-byte preamble, no 'DICM', no file meta (as some exports write it)
+    (tmp_path / "ct" / "rtss.dcm").write_bytes(buf.getvalue())
+    (tmp_path / "ct" / "noise.dcm").write_bytes(b"\x00" * 64)
+    series, unreadable, ignored = find_dicom_series(sorted(str(p) for p in (tmp_path / "ct").iterdir()))
+    assert len(series) == 1
+    assert [(Path(p).name, r) for p, r in ignored] == [
+        ("rtss.dcm", "DICOM object without an image to segment (Modality RTSTRUCT; no preamble)")
+    ]
+    assert [Path(p).name for p, _ in unreadable] == ["noise.dcm"]

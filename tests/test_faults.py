@@ -633,3 +633,21 @@ def test_infer_command_on_a_locked_folder_is_one_line(tiny_bundle, tmp_path, cap
         "skips the cases it finished)."
     )
     assert not list(out.rglob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_a_refused_start_leaves_nothing_behind(tmp_path):
+    """A fresh run over an earlier run's checkpoints is refused by the bundle's first `run` step, before any engine,
+    dataset or TensorBoard writer exists: one line, exit 1, no empty event files, the checkpoint untouched."""
+    from tests.test_bad_inputs import _bundle_run, image, label, write_dataset
+
+    root = write_dataset(tmp_path / "ds", {"a": (image(), label()), "b": (image(), label())})
+    models = tmp_path / "b" / "models"
+    models.mkdir(parents=True)
+    (models / "checkpoint_epoch=1.pt").write_bytes(b"earlier run")
+    proc, _ = _bundle_run(tmp_path / "b", root, "--patch_size", "[32,32,32]", "--pixdim", "[3.0,3.0,4.0]")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "CheckpointError: " in out and "already holds checkpoints" in out
+    assert "Traceback" not in out
+    assert sorted(p.name for p in (tmp_path / "b").rglob("*")) == ["checkpoint_epoch=1.pt", "models"]
+    assert (models / "checkpoint_epoch=1.pt").read_bytes() == b"earlier run"

@@ -195,6 +195,24 @@ def _frame_infos(path: str, ds: Any) -> list[SliceInfo]:
     return out
 
 
+_NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "SR", "PR", "KO", "REG", "RTPLAN", "RTDOSE", "RTRECORD")
+
+
+def _raw_object_modality(path: str) -> str | None:
+    """The Modality of a non-image DICOM object stored without the 128-byte preamble (read with ``force``), else
+    None: such files are not a failure to segment, and an image without preamble stays unreadable."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["Modality", "Rows", "SOPClassUID"], force=True
+        )
+    except Exception:
+        return None
+    modality = str(ds.get("Modality", ""))
+    return modality if modality in _NON_IMAGE_MODALITIES and not ds.get("Rows") else None
+
+
 def find_dicom_series(
     files: Iterable[str | Path],
 ) -> tuple[list[DicomSeries], list[tuple[str, str]], list[tuple[str, str]]]:
@@ -225,7 +243,7 @@ def find_dicom_series(
             modality, uid = str(ds.get("Modality", "")), str(ds.get("SeriesInstanceUID", ""))
             if not (ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")):
                 raise ValueError("no SOP Class UID; truncated or corrupt?")
-            if not ds.get("Rows") or modality in ("SEG", "RTSTRUCT", "SR", "PR", "KO", "REG"):
+            if not ds.get("Rows") or modality in _NON_IMAGE_MODALITIES:
                 ignored.append((path, f"DICOM object without an image to segment (Modality {modality or '?'})"))
                 continue
             if not uid:
@@ -234,7 +252,11 @@ def find_dicom_series(
             infos = _frame_infos(path, ds) if int(ds.get("NumberOfFrames") or 1) > 1 else [_slice_info(path, ds)]
         except Exception as e:  # pydicom raises many types on damaged files; each is one file's problem
             what = "no 'DICM' preamble" if isinstance(e, InvalidDicomError) else _one_line(e)
-            unreadable.append((path, f"not a readable DICOM file ({what})"))
+            kind = _raw_object_modality(path) if isinstance(e, InvalidDicomError) else None
+            if kind is not None:  # a non-image object written without preamble (e.g. an RTSTRUCT export)
+                ignored.append((path, f"DICOM object without an image to segment (Modality {kind}; no preamble)"))
+            else:
+                unreadable.append((path, f"not a readable DICOM file ({what})"))
             continue
         groups[uid].extend(infos)
         meta.setdefault(uid, (modality, str(ds.get("SeriesDescription", ""))))

@@ -43,7 +43,7 @@ from pipeline.handlers.checkpoint_files import (
 from pipeline.handlers.run_state import get_rng_state, plain, set_rng_state, write_run_info
 from pipeline.networks.unet import unwrap
 
-__all__ = ["BestModelSaver", "CheckpointSettingError", "TrainingCheckpointer"]
+__all__ = ["BestModelSaver", "check_checkpoint_dir", "CheckpointSettingError", "TrainingCheckpointer"]
 
 
 class CheckpointSettingError(CheckpointError, ValueError):
@@ -54,6 +54,36 @@ def _is_rank0() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
+
+
+def _resume_flag(resume: bool | str, ckpt_dir: str | Path) -> bool:
+    if isinstance(resume, str) and resume.lower() in ("true", "false"):
+        resume = resume.lower() == "true"
+    if not isinstance(resume, bool):
+        raise CheckpointSettingError(
+            f"'resume' must be True or False, got {resume!r}. Fix: pass --resume True to continue the run in "
+            f"{ckpt_dir}, or --resume False to start a new one (capital T/F: other spellings arrive as strings)."
+        )
+    return resume
+
+
+def check_checkpoint_dir(ckpt_dir: str | Path, resume: bool | str = False) -> bool:
+    """Refuse a fresh run (``resume`` False) in a ``ckpt_dir`` that holds an earlier run's checkpoints, and a
+    ``resume`` that is not True/False. The bundles' ``run`` calls it first, before any engine, TensorBoard writer or
+    dataset is built, so a refused start leaves nothing behind; :class:`TrainingCheckpointer` checks again.
+
+    Returns:
+        ``resume`` as a bool.
+    """
+    resume = _resume_flag(resume, ckpt_dir)
+    existing = list_checkpoints(ckpt_dir)
+    if existing and not resume:
+        raise CheckpointError(
+            f"{ckpt_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}); "
+            "a fresh run would mix with them. Fix: pass --resume True to continue that run, or move them away "
+            "(or pass another --ckpt_dir) to start over."
+        )
+    return resume
 
 
 class TrainingCheckpointer:
@@ -106,13 +136,7 @@ class TrainingCheckpointer:
         handle_signals: bool = True,
         validate: Callable[[int], Any] | None = None,
     ) -> None:
-        if isinstance(resume, str) and resume.lower() in ("true", "false"):
-            resume = resume.lower() == "true"
-        if not isinstance(resume, bool):
-            raise CheckpointSettingError(
-                f"'resume' must be True or False, got {resume!r}. Fix: pass --resume True to continue the run in "
-                f"{ckpt_dir}, or --resume False to start a new one (capital T/F: other spellings arrive as strings)."
-            )
+        resume = _resume_flag(resume, ckpt_dir)
         for name, value in (("keep_last", keep_last), ("every_n_epochs", every_n_epochs)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CheckpointSettingError(f"'{name}' must be an integer >= 1, got {value!r}. Fix: e.g. --{name} 2.")
@@ -131,13 +155,7 @@ class TrainingCheckpointer:
                     "Fix: save the object that holds the state (e.g. an LR handler's lr_scheduler)."
                 )
             self.to_save[str(key)] = obj
-        existing = list_checkpoints(self.ckpt_dir)
-        if existing and not resume:
-            raise CheckpointError(
-                f"{self.ckpt_dir} already holds checkpoints of an earlier run ({', '.join(p.name for p in existing)}); "
-                "a fresh run would mix with them. Fix: pass --resume True to continue that run, or move them away "
-                "(or pass another --ckpt_dir) to start over."
-            )
+        check_checkpoint_dir(self.ckpt_dir, resume)
         self.resumed_from: Path | None = None
         self._last_saved: int | None = None
         self._signal: int | None = None
