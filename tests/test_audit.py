@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -208,3 +211,44 @@ def test_command_reads_2d_rgb_masks_with_the_2d_bundle(tmp_path, capsys):
     assert main(["audit", str(root), "--bundle", str(BUNDLE_2D), "--out", str(out)]) == 1
     message = f"{mask}: cannot read label (1 pixel(s) have colours not in 'label_colors': [9, 9, 9] (1 px, first"
     assert message in capsys.readouterr().out
+
+
+def _no_spacing(path: Path) -> None:
+    """pixdim (0, 1, 1) with qform_code = sform_code = 0, written past nibabel (which "fixes" it on save)."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[80:92] = struct.pack("<3f", 0.0, 1.0, 1.0)
+    raw[252:256] = struct.pack("<2h", 0, 0)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: (r / "imagesTr" / "x.nii.gz").write_text("not an image"), r"imagesTr/x.nii.gz: cannot read image"),
+        (
+            lambda r: _cut(r / "imagesTr" / "x.nii.gz"),
+            r"imagesTr/x.nii.gz: cannot read image \(truncated file: the gzip",
+        ),
+        (
+            lambda r: _cut(r / "labelsTr" / "x.nii.gz"),
+            r"labelsTr/x.nii.gz: cannot read label \(truncated file: the gzip",
+        ),
+        (lambda r: (r / "labelsTr" / "x.nii.gz").write_bytes(b""), r"labelsTr/x.nii.gz: cannot read label \(trunc"),
+        (lambda r: _no_spacing(r / "labelsTr" / "x.nii.gz"), r"labelsTr/x.nii.gz: cannot read label \(pixdim \[0.0,"),
+    ],
+)
+def test_command_names_an_unreadable_or_truncated_image_or_label_in_one_line(tmp_path, capsys, damage, message):
+    big = np.zeros((32, 32, 16), np.uint8)
+    big[4:20, 4:20, 2:10] = 1
+    big[8:10, 8:10, 4:6] = 2
+    root = _write(tmp_path / "ds", {"x": (big, np.eye(4)), "y": (big, np.eye(4))})
+    damage(root)
+    assert main(["audit", str(root), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    [line] = [ln for ln in out.splitlines() if re.search(message, ln)]
+    assert "Fix: " in line and "Traceback" not in out and "1 problem(s) found" in out

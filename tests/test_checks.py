@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,7 +21,7 @@ from pipeline.checks.dataset import (
     check_training_data,
     network_stride,
 )
-from pipeline.checks.images import read_image_info
+from pipeline.checks.images import SpacingError, read_image_info
 from pipeline.cli import main
 from pipeline.data.synthetic2d import CLASS_NAMES_2D, LABEL_COLORS_2D, make_site_2d
 from tests.conftest import BUNDLE_3D
@@ -179,3 +181,120 @@ def test_check_data_command_on_a_2d_rgb_mask_dataset_with_the_2d_bundle(tmp_path
     colours = json.dumps({"0": [0, 0, 0], "1": [255, 0, 0], "2": [0, 0, 255], "3": [255, 255, 0]})
     assert main(["check-data", str(root), "--bundle", str(BUNDLE_2D), "--set", f"label_colors={colours}"]) == 2
     assert "'label_colors' class 3 is not below num_classes=3" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ issue 18 items
+def test_all_background_training_labels_are_an_error_and_an_absent_class_a_warning(tmp_path, capsys):
+    root = write_dataset(tmp_path / "ds", {f"c{i}": (image(seed=i), np.zeros((16, 16, 8), np.uint8)) for i in range(2)})
+    [problem] = check_dataset(root, class_names=CLASSES).problems
+    assert (problem.kind, problem.severity, problem.where) == ("background_only", "error", str(root / "labelsTr"))
+    assert "all 2 training label(s) read are background only" in problem.message and "Fix:" in problem.message
+    assert check_dataset(root, class_names=CLASSES, level="headers").problems == []  # labels are not read
+    assert main(["check-data", str(root)]) == 1
+    assert f"[error] {root / 'labelsTr'}: all 2 training label(s) read are background only" in capsys.readouterr().out
+    no_lesion = label()
+    no_lesion[no_lesion == 3] = 0
+    root = write_dataset(tmp_path / "ds2", {"c0": (image(), label()), "c1": (image(seed=1), no_lesion)})
+    assert check_dataset(root, class_names=CLASSES).problems == []  # lesion is in c0
+    write_nifti(root / "labelsTr" / "c0.nii.gz", no_lesion)
+    [problem] = check_dataset(root, class_names=CLASSES).problems
+    assert (problem.kind, problem.severity, problem.where) == ("absent_class", "warning", "class 3 'lesion'")
+    assert "present in none of the 2 label(s) read" in problem.message
+    with pytest.raises(DataCheckError, match="background only"):
+        write_dataset(root, {"c0": (image(), np.zeros((16, 16, 8), np.uint8))})
+        write_nifti(root / "labelsTr" / "c1.nii.gz", np.zeros((16, 16, 8), np.uint8))
+        check_training_data(root, 3, 1, CLASSES)
+
+
+def test_zero_or_negative_pixdim_without_qform_or_sform_is_an_error_naming_the_file(tmp_path):
+    root = good(tmp_path / "ds", 1)
+    path = root / "imagesTr" / "case0.nii.gz"
+    img = nib.Nifti1Image(image(), None)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    raw = bytearray(img.header.binaryblock)
+    raw[80:92] = struct.pack("<3f", 0.0, -1.0, 1.0)  # pixdim[1:4]; nibabel would "fix" it on save
+    path.write_bytes(gzip.compress(bytes(raw) + b"\0" * 4 + image().tobytes(order="F")))
+    with pytest.raises(SpacingError, match=r"pixdim \[0.0, -1.0, 1.0\] has zero, negative .* no qform/sform"):
+        read_image_info(path)
+    [problem] = check_dataset(root, class_names=CLASSES).problems
+    assert (problem.kind, problem.where) == ("bad_spacing", str(path)) and "Fix: re-export" in problem.message
+    img.header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)  # the qform gives the geometry: pixdim unused
+    raw = bytearray(img.header.binaryblock)
+    raw[80:92] = struct.pack("<3f", 0.0, -1.0, 1.0)
+    path.write_bytes(gzip.compress(bytes(raw) + b"\0" * 4 + image().tobytes(order="F")))
+    assert read_image_info(path).spatial_shape == (16, 16, 8)
+
+
+def test_missing_training_section_names_the_section_and_file(tmp_path, capsys):
+    root = good(tmp_path / "ds", 1)
+    item = {"image": "imagesTr/case0.nii.gz", "label": "labelsTr/case0.nii.gz"}
+    (root / "dataset.json").write_text(json.dumps({"labels": dict(enumerate(CLASSES)), "train": [item]}))
+    [problem] = check_dataset(root).problems
+    assert (problem.kind, problem.where) == ("datalist", f"{root / 'dataset.json'}:training")
+    assert "has no 'training' section (it has ['labels', 'train'])" in problem.message
+    assert main(["check-data", str(root)]) == 1
+    assert "dataset.json has no 'training' section" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("cut", "message"),
+    [
+        (lambda raw, data: data[:5], r"ends inside its gzip header \(5 bytes on disk, no image data at all"),
+        (
+            lambda raw, data: gzip.compress(raw[:200]),
+            r"decompresses completely to 200 bytes, but expected 348 bytes of the NIfTI header",
+        ),
+        (
+            lambda raw, data: data[: len(data) // 2],
+            r"breaks off after \d+ of the 8544 bytes the NIfTI header calls for",
+        ),
+        (lambda raw, data: gzip.compress(raw[:-100]), r"decompresses completely to 8444 bytes, but expected 8544"),
+        (lambda raw, data: b"", r"the file is empty \(0 bytes"),
+    ],
+)
+def test_truncated_gzip_says_how_many_bytes_were_read_and_expected(tmp_path, cut, message):
+    root = good(tmp_path / "ds", 1)
+    path = root / "imagesTr" / "case0.nii.gz"  # 352 + 16*16*8*4 = 8544 bytes
+    data = path.read_bytes()
+    path.write_bytes(cut(gzip.decompress(data), data))
+    with pytest.raises(EOFError, match="truncated file: .*" + message):
+        read_image_info(path)
+    [problem] = check_dataset(root, class_names=CLASSES).problems
+    assert (problem.kind, problem.where) == ("truncated", str(path)) and "Fix: copy or export" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("value", "eg"),
+    [(64, "[64, 64, 64]"), ("64", "[96, 96, 96]"), ([64, 0, 32], "[96, 96, 96]"), (True, "[96, 96, 96]")],
+)
+def test_patch_size_that_is_not_a_list_of_ints_is_one_error_line(tmp_path, capsys, value, eg):
+    [problem] = check_patch_size(value)
+    assert problem.where == "patch_size"
+    assert f"must be a list of 3 positive integers (one per spatial axis, spatial_dims=3), got {value!r}" in str(
+        problem
+    )
+    assert f'--patch_size "{eg}"' in problem.message
+    root = good(tmp_path / "ds", 1)
+    assert main(["check-data", str(root), "--set", f"patch_size={json.dumps(value)}"]) == 1
+    out = capsys.readouterr().out
+    assert "1 error(s), 0 warning(s)" in out and "[error] patch_size: must be a list of 3" in out
+    assert "Traceback" not in out
+    with pytest.raises(DataCheckError, match=r"patch_size: must be a list of 3 positive integers"):
+        check_training_data(root, 3, 1, CLASSES, patch_size=value)
+
+
+def test_a_file_without_read_permission_says_so(tmp_path, monkeypatch, capsys):
+    root = good(tmp_path / "ds", 1)
+    path = root / "imagesTr" / "case0.nii.gz"
+    real_load = nib.load
+
+    def load(name, *args, **kwargs):  # chmod 000 does not stop root, so the refusal is simulated
+        if str(name) == str(path):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(nib, "load", load)
+    [problem] = check_dataset(root, class_names=CLASSES).problems
+    assert (problem.kind, problem.where) == ("unreadable", str(path))
+    assert "(PermissionError: [Errno 13] Permission denied" in problem.message and "chmod a+r" in problem.message

@@ -3,8 +3,9 @@
 :func:`audit_dataset` reads every label of the chosen sections once and reports, per case and overall, the voxel
 fraction of each class, the cases missing a class, the size of the smallest and largest structure of each class
 (connected components, 26-connectivity in 3D / 8 in 2D, in voxels and mm³ — mm² for 2D), the spread of spacing,
-shape and orientation, and problems (label values outside the declared classes, non-integer labels, unreadable
-files, image/label shape mismatch) naming the file. 2D labels (``spatial_dims=2``, e.g. from the 2D bundle) are read
+shape and orientation, and problems (label values outside the declared classes, non-integer labels, unreadable,
+non-image or truncated images and labels, zero/negative ``pixdim`` without qform/sform, image/label shape mismatch),
+one line each naming the file and the fix. 2D labels (``spatial_dims=2``, e.g. from the 2D bundle) are read
 as the 2D chains read them: :class:`pipeline.checks.images.CaseReader`, RGB(A)-coded masks mapped with
 ``label_colors``. :func:`recommend` turns the numbers into per-class sampling
 ``ratios`` and CE ``ce_weight`` with the reasoning; :func:`override_config` is the bundle override
@@ -28,7 +29,7 @@ from scipy import ndimage
 
 from pipeline.bundle.config import bundle_class_names, get_parsed, open_bundle
 from pipeline.checks.dataset import class_names_problem, label_colors_fallback
-from pipeline.checks.images import CaseReader
+from pipeline.checks.images import CaseReader, SpacingError, read_image_info
 from pipeline.data.datalist import case_id, class_names_from_dataset, load_datalist
 
 __all__ = [
@@ -147,9 +148,11 @@ def _audit_case(item: dict[str, str], declared: set[int] | None, reader: CaseRea
     path = item["label"]
     audit = CaseAudit(case_id(path), path, [], [], "")
     try:
+        if reader is None and path.lower().endswith((".nii", ".nii.gz")):
+            read_image_info(path)  # truncation (gzip trailer, file size) and pixdim without qform/sform
         arr, affine, spacing = _read_label(path) if reader is None else _read_label_2d(path, reader)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not fatal
-        audit.errors.append(f"{path}: cannot read label ({e}).")
+        audit.errors.append(f"{path}: cannot read label ({_reason(e)}). Fix: {_fix(e)}.")
         return audit
     audit.shape, audit.spacing = list(arr.shape), spacing
     audit.axcodes = "".join(str(c) for c in nib.aff2axcodes(affine))
@@ -182,11 +185,35 @@ def _audit_case(item: dict[str, str], declared: set[int] | None, reader: CaseRea
             sizes = np.bincount(lab.ravel())[1:]
             audit.components[v] = [int(n), int(sizes.min()), int(sizes.max())]
     image = item.get("image")
-    if image and image.lower().endswith((".nii", ".nii.gz")):
-        ishape = tuple(nib.load(image).shape)  # type: ignore[attr-defined]
-        if ishape[: len(audit.shape)] != tuple(audit.shape):
+    nifti = image is not None and image.lower().endswith((".nii", ".nii.gz"))
+    if image and (reader is None or nifti):
+        try:
+            info = read_image_info(image)  # headers (NIfTI: truncation too), else the whole file through MONAI
+        except Exception as e:  # noqa: BLE001 - unreadable, not an image, truncated: reported, not fatal
+            audit.errors.append(f"{image}: cannot read image ({_reason(e)}). Fix: {_fix(e)}.")
+            return audit
+        ishape = tuple(info.spatial_shape)
+        if nifti and ishape[: len(audit.shape)] != tuple(audit.shape)[: len(ishape)]:
             audit.errors.append(f"{path}: label shape {tuple(audit.shape)} differs from image {image} shape {ishape}.")
     return audit
+
+
+def _reason(e: BaseException) -> str:
+    """One line: the reader's message (first line, clipped), with the exception type when it says little."""
+    text = " ".join(str(e).split())[:300]
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.strerror or text}"
+    return text if isinstance(e, (ValueError, EOFError)) and text else f"{type(e).__name__}: {text}"
+
+
+def _fix(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return "copy or export the file again"
+    if isinstance(e, SpacingError):
+        return "re-export it with its real spacing and orientation (qform/sform)"
+    if isinstance(e, PermissionError) or isinstance(e.__cause__, PermissionError):
+        return "make the file readable (chmod a+r), or run as a user who may read it"
+    return "re-export or replace the file (NIfTI, or a format MONAI's LoadImage reads)"
 
 
 def _stats(values: list[float]) -> dict[str, float]:

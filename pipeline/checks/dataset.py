@@ -4,10 +4,10 @@
 expected, what was found and the fix. ``spatial_dims`` picks the reader, as in the transform chains: 3D reads image
 headers (nibabel, no voxel data; gzip truncation is detected from the gzip trailer) or DICOM series; 2D reads files
 with the 2D chains' reader (PNG/JPEG/TIFF/``.npy``/NIfTI; pixels at both levels, 2D files are small) and maps RGB(A)
-masks to classes with ``label_colors``. ``level="full"`` also checks label values (integers, declared classes) and
-intensities (no NaN/Inf). :func:`check_training_data` is what both bundles' ``training`` run calls (``data_check``)
-before the trainer starts; ``python -m pipeline check-data`` prints the same report. Messages and fixes:
-``docs/troubleshooting.md``.
+masks to classes with ``label_colors``. ``level="full"`` also checks label values (integers, declared classes; every
+training label all background is an error, a declared class in no label a warning) and intensities (no NaN/Inf).
+:func:`check_training_data` is what both bundles' ``training`` run calls (``data_check``) before the trainer starts;
+``python -m pipeline check-data`` prints the same report. Messages and fixes: ``docs/troubleshooting.md``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ KINDS = (
     "missing_file", "unreadable", "truncated", "shape_mismatch", "affine_mismatch", "label_values", "float_labels",
     "non_finite", "wrong_dims", "wrong_channels", "empty_dataset", "duplicate_case", "datalist", "dicom_mixed_series",
     "dicom_geometry", "small_image", "patch_stride", "output_not_writable", "label_colors", "class_names",
+    "bad_spacing", "background_only", "absent_class",
 )  # fmt: skip
 
 
@@ -119,8 +120,13 @@ def _dims_problem(info: ImageInfo, spatial_dims: int) -> Problem | None:
     )
 
 
-def _content(item: Mapping[str, str], declared: set[int] | None, arrays: Mapping[str, np.ndarray]) -> list[Problem]:
-    """Intensities finite, labels integer and declared; ``arrays`` holds pixels already read (2D), else loaded."""
+def _content(
+    item: Mapping[str, str], declared: set[int] | None, arrays: Mapping[str, np.ndarray]
+) -> tuple[list[Problem], set[int] | None]:
+    """Intensities finite, labels integer and declared; ``arrays`` holds pixels already read (2D), else loaded.
+
+    Returns ``(problems, label values found)``; the values are None without a label.
+    """
     problems: list[Problem] = []
     image, label = item["image"], item.get("label")
     if not os.path.isdir(image):
@@ -138,7 +144,7 @@ def _content(item: Mapping[str, str], declared: set[int] | None, arrays: Mapping
                     )
                 )
     if label is None:
-        return problems
+        return problems, None
     lab = arrays["label"] if "label" in arrays else load_array(label)
     if lab.dtype.kind in "fc":
         finite = np.isfinite(lab)
@@ -167,7 +173,7 @@ def _content(item: Mapping[str, str], declared: set[int] | None, arrays: Mapping
                 f"entries). Fix: remap those values, or declare the classes (class_names / out_channels).{colours}",
             )
         )
-    return problems
+    return problems, values
 
 
 def _case(
@@ -265,6 +271,70 @@ def _resampled_size(img: ImageInfo, pixdim: Sequence[float] | None) -> list[int]
     return [math.floor(n * s / t + 1e-6) for n, s, t in zip(shape, spacing, target, strict=False)]
 
 
+def _datalist_path(dataset_dir: str | Path, datalist: str | Path | None) -> Path:
+    return Path(datalist) if datalist is not None else Path(dataset_dir) / "dataset.json"
+
+
+def _missing_training_section(
+    dataset_dir: str | Path, sections: Sequence[str], datalist: str | Path | None
+) -> Problem | None:
+    """A ``dataset.json`` without a ``training`` section (when ``training`` is checked), naming the file."""
+    path = _datalist_path(dataset_dir, datalist)
+    if "training" not in sections or not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # reported by scan_datalist
+    if not isinstance(meta, dict) or "training" in meta:
+        return None
+    return Problem(
+        "datalist",
+        f"{path}:training",
+        f"{path} has no 'training' section (it has {sorted(meta)}); expected a list of {{\"image\": ..., "
+        '"label": ...} entries to train on. Fix: add a "training" list to dataset.json (a section named otherwise, '
+        'e.g. "train", must be renamed), or remove dataset.json to pair imagesTr/ with labelsTr/ by file name.',
+    )
+
+
+def _class_presence(
+    dataset_dir: str | Path,
+    label_values: Sequence[tuple[str, set[int]]],
+    names: Sequence[str] | None,
+    datalist: str | Path | None,
+) -> list[Problem]:
+    """Every ``training`` label all background (an error); a declared class in no label read (a warning)."""
+    training = [v for s, v in label_values if s == "training"]
+    where = str(_datalist_path(dataset_dir, datalist))
+    where = f"{where}:training" if Path(where).is_file() else str(Path(dataset_dir) / "labelsTr")
+    if training and all(v <= {0} for v in training):
+        return [
+            Problem(
+                "background_only",
+                where,
+                f"all {len(training)} training label(s) read are background only (every voxel 0); expected "
+                "foreground classes in at least some of them, else the network learns to predict background "
+                "everywhere. Fix: check that the labels were exported with their structures (not empty masks) "
+                "and that the datalist pairs each image with its own label.",
+            )
+        ]
+    if names is None or not label_values:
+        return []
+    seen = set().union(*(v for _, v in label_values))
+    return [
+        Problem(
+            "absent_class",
+            f"class {k} {names[k]!r}",
+            f"declared (class_names / dataset.json labels) but present in none of the {len(label_values)} label(s) "
+            "read; the network gets no example of it and its Dice stays 0. Fix: add cases that contain it, or "
+            "drop the class (class_names, out_channels and dataset.json labels) if it is not in this dataset.",
+            "warning",
+        )
+        for k in range(1, len(names))
+        if k not in seen
+    ]
+
+
 def check_dataset(
     dataset_dir: str | Path,
     spatial_dims: int = 3,
@@ -284,8 +354,10 @@ def check_dataset(
 
     Per case: files readable, ``spatial_dims`` spatial axes, ``in_channels`` image channels, a one-channel label
     (2D: or an RGB(A) mask whose colours are all in ``label_colors``), image and label on the same grid (3D: same
-    affine); with ``level="full"`` also finite intensities and integer label values that are declared classes.
-    Cases smaller than ``patch_size`` after resampling get a warning (they are zero-padded).
+    affine); with ``level="full"`` also finite intensities and integer label values that are declared classes, not
+    all background in every ``training`` label (an error), and every declared class in some label (else a warning).
+    A ``dataset.json`` without a ``training`` section is named. Cases smaller than ``patch_size`` after resampling
+    get a warning (they are zero-padded).
 
     Args:
         dataset_dir: MSD-style dataset folder (``dataset.json``, or ``imagesTr/`` + ``labelsTr/``).
@@ -314,7 +386,9 @@ def check_dataset(
     if level == "off":
         return report
     lists, report.problems = scan_datalist(dataset_dir, sections, datalist)
-    items = [it for s in sections for it in lists.get(s, [])]
+    if (missing := _missing_training_section(dataset_dir, sections, datalist)) is not None:
+        report.problems = [p for p in report.problems if p.kind != "empty_dataset"] + [missing]
+    items = [(s, it) for s in sections for it in lists.get(s, [])]
     report.cases = len(items)
     names = list(class_names) if class_names is not None else None
     if names is not None and (mismatch := class_names_problem(dataset_dir, names)) is not None:
@@ -324,18 +398,26 @@ def check_dataset(
     declared = set(range(len(names))) if names is not None else None
     reader = CaseReader(spatial_dims, in_channels, label_colors, channel_dim, color_tolerance, len(names or []) or None)
     small: list[tuple[str, list[int]]] = []
-    for item in items:
+    patch = _int_list(patch_size) if patch_size is not None else None  # malformed: check_patch_size says so
+    label_values: list[tuple[str, set[int]]] = []  # (section, values) of every label read (level "full")
+    for section, item in items:
         problems, img, arrays = _case(item, reader, affine_tol)
         report.problems += problems
         if level == "full" and not problems:
             try:
-                report.problems += _content(item, declared, arrays)
+                found, values = _content(item, declared, arrays)
             except Exception as e:  # a file that passed the header check but fails to decode
                 report.problems.append(Problem("unreadable", item["image"], f"cannot read voxel data: {e}."))
-        if img is not None and patch_size is not None and len(patch_size) == len(img.spatial_shape):
+            else:
+                report.problems += found
+                if values is not None:
+                    label_values.append((section, values))
+        if img is not None and patch is not None and len(patch) == len(img.spatial_shape):
             size = _resampled_size(img, pixdim)
-            if any(n < p for n, p in zip(size, patch_size, strict=True)):
+            if any(n < p for n, p in zip(size, patch, strict=True)):
                 small.append((case_id(item["image"]), size))
+    if not any(p.kind == "label_values" for p in report.problems):  # undeclared values: remapping comes first
+        report.problems += _class_presence(dataset_dir, label_values, names, datalist)
     if small:
         eg = ", ".join(f"{c} {s}" for c, s in small[:3])
         order = " (RAS order, before foreground cropping" if spatial_dims == 3 else " (rows, columns"
@@ -343,7 +425,7 @@ def check_dataset(
             Problem(
                 "small_image",
                 "patch_size",
-                f"{len(small)} of {len(items)} case(s) are smaller than patch_size {list(patch_size or [])} after "
+                f"{len(small)} of {len(items)} case(s) are smaller than patch_size {patch} after "
                 f"resampling to pixdim {list(pixdim) if pixdim is not None else 'native'}{order}; e.g. {eg}); they "
                 "are zero-padded to the patch (SpatialPadd), which works. Fix if unintended: a smaller patch_size or "
                 "a finer pixdim.",
@@ -412,13 +494,30 @@ def network_stride(backbone: str = "resnet10") -> int:
     return 2 ** int(entry["feature_number"]) if entry else 32
 
 
-def check_patch_size(patch_size: Sequence[int], spatial_dims: int = 3, backbone: str = "resnet10") -> list[Problem]:
+def _int_list(value: Any) -> list[int] | None:
+    """``value`` as a list of positive ints (a list/tuple of them), else None."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        return None
+    ok = all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0 for n in value)
+    return [int(n) for n in value] if ok else None
+
+
+def check_patch_size(
+    patch_size: Sequence[int] | int, spatial_dims: int = 3, backbone: str = "resnet10"
+) -> list[Problem]:
     """``patch_size`` must have ``spatial_dims`` entries, each a multiple of the network stride.
 
     FlexibleUNet does not pad its input: a size that is not a multiple of the stride (32) fails inside the decoder
     with ``Sizes of tensors must match`` (measured with MONAI 1.6.1), so this is an error, not a warning.
     """
-    size = list(patch_size)
+    if (size := _int_list(patch_size)) is None:
+        n = patch_size if isinstance(patch_size, int) and not isinstance(patch_size, bool) and patch_size > 0 else 96
+        eg = json.dumps([n] * spatial_dims)
+        msg = (
+            f"must be a list of {spatial_dims} positive integers (one per spatial axis, spatial_dims={spatial_dims}), "
+            f"got {patch_size!r}. Fix: e.g. --patch_size \"{eg}\" (check-data: --set 'patch_size={eg}')."
+        )
+        return [Problem("patch_stride", "patch_size", msg)]
     if len(size) != spatial_dims:
         msg = f"must have {spatial_dims} entries (spatial_dims), got {size}."
         return [Problem("patch_stride", "patch_size", msg)]

@@ -3,7 +3,6 @@ files through the 2D chains' reader (:func:`read_info_2d`)."""
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import zlib
@@ -20,6 +19,7 @@ from pipeline.transforms.labels2d import MaskToClassesd, label_channels
 __all__ = [
     "CaseReader",
     "ImageInfo",
+    "SpacingError",
     "check_dicom_folder",
     "dicom_info",
     "load_array",
@@ -41,24 +41,119 @@ class ImageInfo:
     spacing: tuple[float, ...]
 
 
-def _gzip_size_ok(path: str, expected: int) -> str | None:
-    """None if the gzip stream holds ``expected`` bytes, else the reason.
+_GZIP_MAGIC = b"\x1f\x8b"
+NIFTI_HEADER_BYTES = 348  # NIfTI-1; a file (decompressed) shorter than this cannot be read at all
+
+
+def _gzip_header_end(data: bytes) -> int | None:
+    """Length of the gzip member header at the start of ``data`` (RFC 1952), or None when ``data`` ends inside it."""
+    if len(data) < 10:
+        return None
+    flags, pos = data[3], 10
+    if flags & 4:  # FEXTRA: 2-byte length, then the field
+        if len(data) < pos + 2:
+            return None
+        pos += 2 + int.from_bytes(data[pos : pos + 2], "little")
+    for bit in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & bit:
+            end = data.find(b"\0", pos)
+            if end < 0:
+                return None
+            pos = end + 1
+    pos += 2 if flags & 2 else 0  # FHCRC
+    return pos if len(data) >= pos else None
+
+
+def _gzip_size_ok(
+    path: str, expected: int, what: str = "bytes the NIfTI header calls for (header + voxels)"
+) -> str | None:
+    """None if the gzip stream holds ``expected`` bytes, else the reason (with the bytes read and expected).
 
     The gzip trailer stores the uncompressed size (mod 2**32): when it matches, nothing is decompressed. Otherwise
-    (truncated file, or a multi-member gzip) the stream is decompressed to be sure.
+    (truncated file, or a multi-member gzip) the stream is decompressed to be sure, counting every byte.
     """
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        if int.from_bytes(f.read(4), "little") == expected % 2**32:
-            return None
-    total = 0
+        if size >= 4:
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == expected % 2**32:
+                return None
+        f.seek(0)
+        head = f.read(512)
+        if size == 0:
+            return f"the file is empty (0 bytes, expected {expected} {what})"
+        if head[:2] != _GZIP_MAGIC[: len(head[:2])]:
+            return None  # not gzip at all: the reader's own error says so
+        if _gzip_header_end(head) is None:
+            return (
+                f"the file ends inside its gzip header ({size} bytes on disk, no image data at all; expected "
+                f"{expected} {what})"
+            )
+        f.seek(0)
+        total, member, open_member = 0, zlib.decompressobj(16 + zlib.MAX_WBITS), False
+        try:
+            while chunk := f.read(1 << 20):
+                data = chunk
+                while data:
+                    total += len(member.decompress(data))
+                    data, open_member = b"", not member.eof
+                    if member.eof:  # a multi-member gzip: the next member starts in unused_data
+                        data = member.unused_data.lstrip(b"\0")
+                        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        except zlib.error as e:
+            if total >= expected:
+                return None  # every byte is there; trailing junk after the stream is not the reader's concern
+            return (
+                f"the gzip stream is corrupt after {total} of the {expected} {what} ({size} bytes on disk; zlib: {e})"
+            )
+    if total >= expected:
+        return None
+    if not open_member:
+        return f"it decompresses completely to {total} bytes, but expected {expected} {what}"
+    pct = 100 * total / expected if expected else 0.0
+    return (
+        f"the gzip stream breaks off after {total} of the {expected} {what} ({pct:.0f}%; {size} bytes on disk, no "
+        "gzip end marker)"
+    )
+
+
+def _cut_in_header(path: str) -> str | None:
+    """Why a NIfTI file that nibabel cannot open is too short to hold even its header, or None."""
     try:
-        with gzip.open(path, "rb") as g:
-            while chunk := g.read(1 << 20):
-                total += len(chunk)
-    except (EOFError, OSError, zlib.error) as e:
-        return f"the gzip stream breaks off after about {total} of {expected} bytes ({type(e).__name__}: {e})"
-    return None if total >= expected else f"it decompresses to {total} bytes, the header needs {expected}"
+        if path.lower().endswith(".gz"):
+            return _gzip_size_ok(path, NIFTI_HEADER_BYTES, "bytes of the NIfTI header")
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    return f"{size} bytes, the NIfTI header alone has {NIFTI_HEADER_BYTES}" if size < NIFTI_HEADER_BYTES else None
+
+
+class SpacingError(ValueError):
+    """A NIfTI header whose voxel size cannot be trusted; the message names the file's values and the fix."""
+
+
+def _check_spacing(path: str, img: Any, ndim: int) -> None:
+    """Zero, negative or non-finite ``pixdim`` on a spatial axis with neither qform nor sform: nibabel silently
+    turns it into 1 mm (its header check "fixes" it on load), so it is read again from the raw header here."""
+    header = img.header
+    try:
+        if int(header["qform_code"]) or int(header["sform_code"]):
+            return  # the affine comes from the qform/sform; pixdim is not used for geometry
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(path) as f:
+            raw = type(header).from_fileobj(f, check=False)
+        pixdim = [float(v) for v in raw["pixdim"][1 : ndim + 1]]
+    except (KeyError, OSError, ValueError, TypeError):  # Analyze headers have no qform/sform
+        return
+    bad = [i for i, v in enumerate(pixdim) if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise SpacingError(
+            f"pixdim {pixdim} has zero, negative or non-finite voxel size(s) on axis {bad} and the header has no "
+            "qform/sform (qform_code=0, sform_code=0), so the voxel size is unknown (nibabel silently makes it 1 mm); "
+            "expected positive voxel sizes in mm. Fix: re-export the file with its real spacing and orientation, or "
+            "set them (e.g. nibabel: img.header.set_zooms(...) and img.set_qform(affine, code=1))"
+        )
 
 
 def read_image_info(path: str | Path) -> ImageInfo:
@@ -67,7 +162,9 @@ def read_image_info(path: str | Path) -> ImageInfo:
     NIfTI axes 0-2 are space (a missing or 1-voxel axis 2 means a 2D image), axes 3+ are channels.
 
     Raises:
-        ValueError: the file cannot be read or is truncated (message says which and why).
+        ValueError: the file cannot be read (:class:`SpacingError`: a NIfTI with zero or negative ``pixdim`` and no
+            qform/sform).
+        EOFError: the file is truncated (the message says how many bytes were read and expected).
     """
     path = str(path)
     if os.path.isdir(path):
@@ -81,21 +178,24 @@ def read_image_info(path: str | Path) -> ImageInfo:
         try:
             img: Any = nib.load(path)
             shape = tuple(int(s) for s in img.shape)
-            expected = int(img.header.get_data_offset()) + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
+            offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))  # vox_offset 0 means 352
+            expected = offset + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
         except Exception as e:  # nibabel raises many types for corrupt files
+            if (cut := _cut_in_header(path)) is not None:
+                raise EOFError(f"truncated file: {cut}") from e
             raise ValueError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
-        reason = (
-            _gzip_size_ok(path, expected)
-            if path.lower().endswith(".gz")
-            else (
-                None if os.path.getsize(path) >= expected else f"{os.path.getsize(path)} bytes, header needs {expected}"
-            )
-        )
+        if path.lower().endswith(".gz"):
+            reason = _gzip_size_ok(path, expected)
+        elif (size := os.path.getsize(path)) < expected:
+            reason = f"{size} bytes on disk, but the NIfTI header calls for {expected} (header + voxels)"
+        else:
+            reason = None
         if reason:
             raise EOFError(f"truncated file: {reason}")
         spatial = shape[:3]
         while len(spatial) > 2 and spatial[-1] == 1:
             spatial = spatial[:-1]
+        _check_spacing(path, img, len(spatial))
         zooms = tuple(float(z) for z in img.header.get_zooms()[: len(spatial)])
         return ImageInfo(path, spatial, int(np.prod(shape[3:])), np.asarray(img.affine, dtype=float), zooms)
     from monai.data.utils import affine_to_spacing
@@ -224,8 +324,13 @@ class CaseReader:
             return [], read_image_info(path), None
         except EOFError as e:
             return [Problem("truncated", path, f"{e}. Fix: copy or export the file again.")], None, None
+        except SpacingError as e:
+            return [Problem("bad_spacing", path, f"{e}.")], None, None
         except ValueError as e:
-            return [Problem("unreadable", path, f"{e}. Fix: re-export or replace the file.")], None, None
+            fix = "re-export or replace the file"
+            if isinstance(e.__cause__, PermissionError):
+                fix = "make the file readable (chmod a+r), or run as a user who may read it"
+            return [Problem("unreadable", path, f"{e}. Fix: {fix}.")], None, None
 
     def label_classes(self, label: np.ndarray, path: str) -> tuple[list[Problem], np.ndarray | None]:
         """2D: a label ``(C, H, W)`` as class indices ``(H, W)``, or the problem (colours, channels) naming ``path``."""
