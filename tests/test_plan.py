@@ -353,3 +353,15 @@ def test_transfer_plan_from_a_signed_zip_needs_the_senders_key(tmp_path):
     assert plan.values["trusted_keys"] == str(pub.resolve()) and options["trusted_keys"] == "@trusted_keys"
     assert options["sha256"] == hashlib.sha256(zip_path.read_bytes()).hexdigest()
     assert "allow_unsigned" not in options
+
+
+def test_transfer_plan_never_evaluates_the_source_bundles_configs(tmp_path):
+    root = write_mr_dataset(tmp_path / "ds", n=2)
+    src = source_bundle(tmp_path / "src", ["background", "anterior", "posterior"])
+    marker = tmp_path / "marker"
+    config = json.loads((src / "configs" / "train.json").read_text())
+    config["spatial_dims"] = f"$__import__('pathlib').Path('{marker}').touch() or 3"
+    (src / "configs" / "train.json").write_text(json.dumps(config))
+    with pytest.raises(PlanError, match=r"'spatial_dims' is .*an expression or reference; .* never evaluates them"):
+        plan_dataset(root, BUNDLE_3D, device="cpu", source=src)
+    assert not marker.exists()

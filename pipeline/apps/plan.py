@@ -566,6 +566,23 @@ def _unfreeze_stages(n_train: int, epochs: int, deepest: str) -> tuple[list[dict
     return stages, [why]
 
 
+def _source_literal(folder: Path, key: str, default: Any) -> Any:
+    """A top-level value of the source bundle's ``configs/train.json``, read as JSON and never evaluated: another
+    site's configs may hold code (``$`` expressions, ``@`` references), which planning must not run."""
+    path = Path(folder) / "configs" / "train.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PlanError(f"--from {folder}: cannot read {path} as JSON ({e}).") from e
+    value = config.get(key, default)
+    if isinstance(value, str) and value.startswith(("$", "@", "%")):
+        raise PlanError(
+            f"--from {folder}: {path} {key!r} is {value!r}, an expression or reference; planning reads a received "
+            f"bundle's values as literals only, never evaluates them. Fix: the sender sets {key!r} to a plain value."
+        )
+    return value
+
+
 def transfer_plan(
     plan: Plan,
     source: str | Path,
@@ -601,8 +618,7 @@ def transfer_plan(
         )
     except Exception as e:  # verification failures of another site's zip, named by the verifier
         raise PlanError(f"--from {src}: the bundle zip failed verification: {e}") from e
-    src_parser = open_bundle(folder, "train.json")
-    src_dims = int(get_parsed(src_parser, "spatial_dims", 3))
+    src_dims = int(_source_literal(folder, "spatial_dims", 3))
     if src_dims != fp.spatial_dims:
         raise PlanError(
             f"--from {src}: a {src_dims}D bundle cannot initialise a {fp.spatial_dims}D network ({fp.dataset_dir} "
@@ -611,7 +627,7 @@ def transfer_plan(
         )
     target = open_bundle(plan.bundle, ["train.json", "finetune.json"])
     backbone, decoder = get_parsed(target, "backbone"), list(get_parsed(target, "decoder_channels"))
-    src_names = read_class_names(folder) or [str(n) for n in get_parsed(src_parser, "class_names")]
+    src_names = read_class_names(folder) or [str(n) for n in _source_literal(folder, "class_names", [])]
     mapping, class_lines = _class_mapping(values["class_names"], src_names)
     network = PretrainedUNet(
         fp.spatial_dims, values["in_channels"], values["out_channels"], backbone, decoder_channels=decoder
@@ -627,7 +643,7 @@ def transfer_plan(
         )
     except (ArchitectureMismatchError, FileNotFoundError, ValueError) as e:
         raise PlanError(f"--from {src}: its weights do not fit the planned {backbone} network: {e}") from e
-    src_in = int(get_parsed(src_parser, "in_channels", 1))
+    src_in = int(_source_literal(folder, "in_channels", 1))
     options: dict[str, Any] = {
         "target_class_names": "@class_names",
         "report_path": "$@output_dir + '/pretrained_load_report.json'",
