@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 # dicom-seg (highdicom) too, so the DICOM SEG tests run instead of being skipped
-EXTRAS ?= dev,dicom-seg
+EXTRAS ?= dev,dicom-seg,imagenet
 # glibc malloc tuning: 8-19 % faster CPU training step on an idle machine, more under load (docs/benchmarks.md ## malloc).
 export MALLOC_MMAP_MAX_ ?= 0
 export MALLOC_TRIM_THRESHOLD_ ?= 100000000000

