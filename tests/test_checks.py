@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.bundle.config import BUNDLE_2D
 from pipeline.bundle.overrides import bundle_overrides
+from pipeline.bundle.run import bundle_command
 from pipeline.checks.dataset import (
     DataCheckError,
     check_dataset,
@@ -298,3 +299,18 @@ def test_a_file_without_read_permission_says_so(tmp_path, monkeypatch, capsys):
     [problem] = check_dataset(root, class_names=CLASSES).problems
     assert (problem.kind, problem.where) == ("unreadable", str(path))
     assert "(PermissionError: [Errno 13] Permission denied" in problem.message and "chmod a+r" in problem.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, False, 0, 1e-3, "text", "/tmp/a b/c.json", "1", "None", "true", [1, None], [[0.5, 1.0], None],
+     {"mode": "percentile", "lower": 0.5, "flag": True, "none": None}, ["it's", 'say "hi"', "back\\slash"]],
+)  # fmt: skip
+def test_bundle_command_values_reach_monai_unchanged(value):
+    """`python -m monai.bundle run` parses its command line with python-fire (Python literals, not JSON): a JSON
+    `null`/`true` would arrive as the string 'null'/'true'."""
+    from fire.parser import DefaultParseValue
+
+    cmd = bundle_command("/b", "training", ["train.json"], {"x": value})
+    assert DefaultParseValue(cmd[cmd.index("--x") + 1]) == value
+    assert type(DefaultParseValue(cmd[cmd.index("--x") + 1])) is type(value)

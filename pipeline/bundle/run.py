@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleRunError", "bundle_command", "configure_bundle", "run_bundle", "stage_bundle"]
+__all__ = ["BundleRunError", "bundle_command", "cli_value", "configure_bundle", "run_bundle", "stage_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,24 @@ def bundle_command(
         "--bundle_root", str(bundle_root),
     ]  # fmt: skip
     for key, value in (overrides or {}).items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)]
+        cmd += [f"--{key}", cli_value(value)]
     return cmd
+
+
+def cli_value(value: Any) -> str:
+    """A command-line value that ``python -m monai.bundle run`` (python-fire) parses back to ``value``.
+
+    Fire reads Python literals, not JSON: ``null``/``true`` (also inside a JSON list or dict) would arrive as the
+    strings ``"null"``/``"true"``, so non-strings are written with ``repr``. A string is passed as it is unless fire
+    would read it as something else (``"1"``, ``"None"``, ``"[a]"``): then it is quoted.
+    """
+    from fire.parser import DefaultParseValue
+
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and DefaultParseValue(value) == value:
+        return value
+    return repr(value)
 
 
 def run_bundle(cmd: Sequence[str], log_file: str | Path) -> float:
