@@ -462,9 +462,68 @@ def test_signatures(legit: Path, tmp_path: Path, site_a_key: Path, capsys) -> No
 def test_network_sized_by_parameters_before_it_is_built(legit: Path, tmp_path: Path) -> None:
     """Parameters are literals but still size the network: a huge one is refused before any memory is allocated."""
 
-    def edit(entries: dict[str, bytes]) -> None:
+    def edit(entries: dict[str, bytes]) -> None:  # the largest decoder the parameter rules allow
         for name in ("train.json", "inference.json"):
-            edit_config(name, lambda c: c.update(decoder_channels=[4096] * 5))(entries)
+            edit_config(name, lambda c: c.update(decoder_channels=[2048] * 5))(entries)
 
     report = verify_bundle(repack(legit, tmp_path / "big.zip", edit), allow_unsigned=True)
     assert "with the sender's parameters it has" in failed(report)["models/model.pt"]
+
+
+# ------------------------------------------------------------------------------------------------ parameter rules
+@pytest.mark.parametrize(
+    "change, item, rule",
+    [
+        ({"lr": 1e9}, "configs/train.json#lr", "lr: a number 0 < x <= 1"),
+        ({"class_names": ["a\x1b[31m", "b", "c"]}, "configs/train.json#class_names", "printable characters only"),
+        ({"patch_size": [0, 32]}, "configs/train.json#patch_size", "patch_size: 2 or 3 integers 1..1024"),
+        ({"backbone": "resnet-evil"}, "configs/train.json#backbone", "backbone: one of ['efficientnet-b0'"),
+        ({"intensity#mode": "evil"}, "configs/train.json#intensity#mode", "intensity: an object with 'mode' in"),
+        ({"pretrained_options": {"verify": False}}, "configs/train.json#pretrained_options", "'const' true"),
+        ({"class_names": ["a", "a", "b"]}, "configs/train.json#class_names", "'uniqueItems'"),
+        ({"seed": "x" * 2000}, "configs/train.json#seed", "seed: an integer 0..4294967295"),
+    ],
+)
+def test_parameters_outside_their_rules_are_refused(
+    legit: Path, tmp_path: Path, change: dict, item: str, rule: str
+) -> None:
+    bad = repack(legit, tmp_path / "p.zip", edit_config("train.json", lambda c: c.update(change)))
+    fails = failed(verify_bundle(bad, allow_unsigned=True))
+    assert list(fails) == [item], fails
+    assert "breaks the rule" in fails[item] and rule in fails[item]
+    assert "\x1b" not in fails[item] and len(fails[item]) < 600
+
+
+def test_parameters_within_their_rules_pass(legit: Path, tmp_path: Path) -> None:
+    change = {
+        "lr": 0.01,
+        "class_names": ["matrix", "grain", "pore"],
+        "patch_size": [96, 96],
+        "intensity": {"mode": "clip_zscore", "a_min": -100, "a_max": 250, "mean": [40.0], "std": 12.5},
+        "pixdim": [0.5, 0.5],
+        "ce_weight": [0.1, 1.0, 2.0],
+        "max_epochs": 300,
+    }
+    ok = repack(legit, tmp_path / "ok.zip", edit_config("train.json", lambda c: c.update(change)))
+    report = verify_bundle(ok, allow_unsigned=True, check_network=False)
+    assert report.ok, report.format(failures_only=True)
+    params = {i.item for i in report.items if i.check == "params"}
+    assert {"configs/train.json#lr", "configs/train.json#intensity", "configs/train.json#ce_weight"} <= params
+
+
+def test_every_file_type_has_a_content_rule_in_verify(legit: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    def edit(entries: dict[str, bytes]) -> None:
+        entries[f"{NAME}/docs/logo.svg"] = b"<svg onload='alert(1)'/>"
+        entries[f"{NAME}/docs/notes.md"] = b"fine\x1b]0;pwned\x07"
+        entries[f"{NAME}/docs/figure.png"] = b"GIF89a not a png"
+        entries[f"{NAME}/models/model.ts"] = b"PK\x05\x06" + b"\0" * 18  # an empty zip: no TorchScript layout
+        entries[f"{NAME}/models/extra.safetensors"] = b"\xff" * 8 + b"{}"
+
+    fails = refused_everywhere(repack(legit, tmp_path / "types.zip", edit), tmp_path, marker)
+    assert "unexpected file type '.svg'" in fails["docs/logo.svg"]
+    assert "control character" in fails["docs/notes.md"]
+    assert "magic bytes" in fails["docs/figure.png"]
+    assert "0 members" in fails["models/model.ts"]
+    assert "header length" in fails["models/extra.safetensors"]

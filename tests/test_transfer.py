@@ -151,7 +151,8 @@ def test_head_adaptation_by_class_names(tmp_path):
     src = unet(cout=3)
     bundle = write_bundle(tmp_path / "site_a", src, ["background", "organ", "vessel"])
     net = unet(cout=4)
-    report = load_pretrained(net, bundle, target_class_names=["background", "organ", "lesion", "vessel"])
+    names = ["background", "organ", "lesion", "vessel"]  # a local folder (no manifest.json): trusted explicitly
+    report = load_pretrained(net, bundle, target_class_names=names, trust_unverified=True)
     w, sw = net.segmentation_head[0].weight, src.segmentation_head[0].weight
     assert torch.equal(w[0], sw[0]) and torch.equal(w[1], sw[1]) and torch.equal(w[3], sw[2])
     assert not torch.equal(w[2], sw[2])
@@ -160,10 +161,11 @@ def test_head_adaptation_by_class_names(tmp_path):
     assert report.shape_mismatched == [] and report.missing == []
     # explicit mapping, and a bad name
     net2 = unet(cout=2)
-    load_pretrained(net2, bundle, class_mapping={"tumour": "vessel"}, target_class_names=["background", "tumour"])
+    kwargs = {"target_class_names": ["background", "tumour"], "trust_unverified": True}
+    load_pretrained(net2, bundle, class_mapping={"tumour": "vessel"}, **kwargs)
     assert torch.equal(net2.segmentation_head[0].bias[1], src.segmentation_head[0].bias[2])
     with pytest.raises(ValueError, match=r"'class_mapping': 'liver' is not a source class; valid: \['background'"):
-        load_pretrained(net2, bundle, class_mapping={"tumour": "liver"}, target_class_names=["background", "tumour"])
+        load_pretrained(net2, bundle, class_mapping={"tumour": "liver"}, **kwargs)
 
 
 def test_class_mapping_without_a_source_head_is_not_silent(tmp_path, caplog):
@@ -171,7 +173,7 @@ def test_class_mapping_without_a_source_head_is_not_silent(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="pipeline.networks.weights"):
         load_pretrained(
             unet(cout=2), bundle, exclude=["segmentation_head"], class_mapping={"tumour": "vessel"},
-            target_class_names=["background", "tumour"],
+            target_class_names=["background", "tumour"], trust_unverified=True,
         )  # fmt: skip
     assert "'class_mapping' {'tumour': 'vessel'} ignored: the source has no segmentation head" in caplog.text
 

@@ -5,6 +5,9 @@ The engine is the bundle's own ``batch_inference`` (:func:`pipeline.inference.bu
 bundle id (:data:`FLAG_IDS`); a flag left out keeps the bundle's value.
 The output folder is checked (created, a write probe) before the model loads, and locked for the run: a second
 ``infer`` on the same folder stops with one line naming the PID that holds it.
+The bundle folder is checked before anything is built (:func:`pipeline.share.trust.check_bundle_folder`): an
+imported one is verified again (``--trusted-keys``, ``--allow-unsigned``), a local one's configs must be the toolkit's
+templates with allowed parameters; ``--trust-unverified`` skips this (logged as a WARNING).
 Exit code: 0 all inputs processed or skipped, 3 some failed (see ``failures.csv``), 1 usage/config error (an unusable
 or locked output folder too), 130 interrupted.
 """
@@ -52,6 +55,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "probability (fractional)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--trusted-keys",
+        default=None,
+        metavar="DIR|FILE",
+        help="senders' public keys for a received (imported) bundle folder (default $PIPELINE_TRUSTED_KEYS)",
+    )
+    parser.add_argument(
+        "--allow-unsigned", action="store_true", help="accept a received bundle folder not signed by a trusted key"
+    )
+    parser.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="run the bundle folder's configs without checking them (only for configs you wrote yourself)",
+    )
 
 
 def bundle_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,13 +87,21 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.data.datalist import DatalistError
     from pipeline.inference.bundle import from_bundle
     from pipeline.inference.output import OutputFolderError, check_output_dir
+    from pipeline.share.report import ShareError
 
     try:
         check_output_dir(args.output_dir)  # before the model loads: a bad folder costs nothing
-        engine = from_bundle(args.bundle, args.checkpoint, bundle_overrides(args))
+        engine = from_bundle(
+            args.bundle,
+            args.checkpoint,
+            bundle_overrides(args),
+            trust_unverified=args.trust_unverified,
+            trusted_keys=args.trusted_keys,
+            allow_unsigned=args.allow_unsigned,
+        )
         with logging_redirect_tqdm():
             report = engine.run(args.input_dir, args.output_dir)
-    except (BundleError, DatalistError, OutputFolderError, FileNotFoundError, ValueError, ImportError) as e:
+    except (BundleError, DatalistError, OutputFolderError, FileNotFoundError, ValueError, ImportError, ShareError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n_proc, n_skip, n_fail = len(report.processed), len(report.skipped), len(report.failed)

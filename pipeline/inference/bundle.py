@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from monai.bundle import ConfigParser
 
 from pipeline.bundle.config import BundleError, open_bundle
 from pipeline.inference.engine import BatchInference
+from pipeline.share.trust import check_bundle_folder
 
 __all__ = ["ENGINE_ID", "INIT_ID", "RUN_ID", "from_bundle"]
 
@@ -40,6 +42,11 @@ def from_bundle(
     checkpoint: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     config_files: str | Sequence[str] = ("inference.json",),
+    *,
+    trust_unverified: bool = False,
+    trusted_keys: str | os.PathLike | None = None,
+    allow_unsigned: bool = False,
+    trust: Sequence[str] = (),
 ) -> BatchInference:
     """The bundle's own :class:`BatchInference`: its config id ``batch_inference``, as ``inferring`` builds it.
 
@@ -55,14 +62,25 @@ def from_bundle(
             with ``$`` is an expression), e.g. ``{"sw_batch_size": 4, "device": "cpu", "mask_format": "tiff"}``.
             Each id must exist in the config.
         config_files: file names under ``configs/``, merged in order.
+        trust_unverified: run the folder's configs without the check below (logged as a WARNING). Without it, a
+            received folder (holding ``manifest.json``) must pass verification (hashes, signature by one of
+            ``trusted_keys`` unless ``allow_unsigned``, templates, weights) and a local folder's configs must be
+            your templates' code with allowed parameters (:func:`pipeline.share.trust.check_bundle_folder`); they
+            are read as JSON for this, never evaluated, before anything is built.
+        trusted_keys, allow_unsigned, trust: as for :func:`pipeline.share.verify.verify_bundle` (received folders).
 
     Raises:
         BundleError: a config file or ``metadata.json`` is missing, an override or needed id is not in the config,
             or ``batch_inference`` cannot be built (the message names the file, the id and the cause).
         FileNotFoundError: no weights at ``ckpt_path`` (train the bundle or pass ``checkpoint``).
         ImportError: an optional dependency the config asks for is missing (``dicom_seg`` needs highdicom).
+        UnverifiedBundleError: (a ValueError) the folder fails its check; one line naming ``file#id`` and the fix.
     """
     files = [config_files] if isinstance(config_files, str) else list(config_files)
+    check_bundle_folder(
+        bundle, "run", config_files=files, trust_unverified=trust_unverified, trust=trust,
+        trusted_keys=trusted_keys, allow_unsigned=allow_unsigned,
+    )  # fmt: skip
     parser = open_bundle(bundle, files)
     where = " + ".join(str(Path(bundle) / "configs" / f) for f in files)
     settings = dict(overrides or {})

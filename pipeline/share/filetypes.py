@@ -1,4 +1,8 @@
-"""File types in a shared bundle: image data (by suffix or DICOM magic) and code, pickles or binaries."""
+"""File types in a shared bundle: image data (by suffix or DICOM magic) and code, pickles or binaries.
+
+Only the types of :data:`ALLOWED_SUFFIXES` and :data:`ALLOWED_PLAIN_NAMES` ship; their contents are checked by
+:mod:`pipeline.share.filerules`. Anything else (``.svg``, ``.pdf``, ``.onnx``, ``.csv``, code, pickles) is refused.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from pathlib import Path
 __all__ = ["DATA_SUFFIXES", "ALLOWED_SUFFIXES", "ALLOWED_PLAIN_NAMES", "data_file_reason", "file_type_reason"]
 
 DATA_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd", ".mgz", ".npy", ".npz")
+#: every type has a content rule (:mod:`pipeline.share.filerules`, the config check for configs, the weights check for
+#: ``.pt``/``.pth``); ``.yaml``/``.yml``/``.cfg`` pass here only to be named by the config check
 ALLOWED_SUFFIXES = frozenset(
-    ".json .yaml .yml .conf .cfg .md .txt .rst .pt .pth .ts .onnx .safetensors .png .jpg .jpeg .gif .svg .pdf "  # noqa: SIM905
-    ".csv".split()
+    ".json .yaml .yml .conf .cfg .md .txt .rst .pt .pth .ts .safetensors .png .jpg .jpeg .gif".split()  # noqa: SIM905
 )
 ALLOWED_PLAIN_NAMES = frozenset({"LICENSE", "NOTICE", "README", "AUTHORS", "CHANGELOG"})
 

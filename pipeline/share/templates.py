@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.share.files import load_config
+from pipeline.share.params import has_rule, merged_problems, param_problem
 
 __all__ = [
     "TEMPLATE_ENV",
     "MAX_DEPTH",
     "ConfigCheck",
     "TemplateMatch",
+    "packaged_template_dirs",
     "template_dirs",
     "flatten",
     "is_literal",
@@ -57,16 +59,32 @@ def safe_text(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def packaged_template_dirs() -> list[Path]:
+    """The templates an installed wheel carries (``pipeline/_templates/<name>``, copied from ``bundles/<name>/configs``
+    at build time by :mod:`pipeline.share.packaging`); the 3D and 2D bundles first."""
+    from importlib import resources
+
+    try:
+        base = Path(str(resources.files("pipeline") / "_templates"))
+    except (ModuleNotFoundError, TypeError):
+        return []
+    if not base.is_dir():
+        return []
+    order = {"transfer_3d_segmentation": 0, "transfer_2d_segmentation": 1}
+    return sorted((d for d in base.iterdir() if (d / "configs").is_dir()), key=lambda d: (order.get(d.name, 2), d.name))
+
+
 def template_dirs() -> list[Path]:
     """The receiver's template bundles: ``$PIPELINE_BUNDLE_TEMPLATES`` (``os.pathsep``-separated bundle folders),
-    else the toolkit's own ``bundles/transfer_3d_segmentation`` and ``bundles/transfer_2d_segmentation``."""
+    else the toolkit's own ``bundles/transfer_3d_segmentation`` and ``bundles/transfer_2d_segmentation`` of a source
+    checkout, else the copies an installed wheel carries (:func:`packaged_template_dirs`)."""
     env = os.environ.get(TEMPLATE_ENV, "")
     if env:
         dirs = [Path(p) for p in env.split(os.pathsep) if p]
     else:
         from pipeline.bundle.config import BUNDLE_2D, BUNDLE_3D
 
-        dirs = [BUNDLE_3D, BUNDLE_2D]
+        dirs = [d for d in (BUNDLE_3D, BUNDLE_2D) if (d / "configs").is_dir()] or packaged_template_dirs()
     return [d for d in dirs if (d / "configs").is_dir()]
 
 
@@ -187,10 +205,12 @@ def check_against_template(data: Any, template: Any, rel: str, template_path: Pa
                 else f"{safe_text(value, 80)!r}: not in the template"
             )
         elif t is not _MISSING and is_literal(t) and is_literal(value):
-            if t is not None and value is not None and _kind(value) != _kind(t):
+            if t is not None and value is not None and _kind(value) != _kind(t) and not has_rule(cid):
                 check.failures[cid] = f"a parameter of the template: expected a {_kind(t)}, got a {_kind(value)}"
             elif problems := literal_problems(value):
                 check.failures[cid] = problems[0]
+            elif why := param_problem(cid, value):
+                check.failures[cid] = why
             else:
                 check.params[cid] = value
         elif t is not _MISSING and _kind(value) == _kind(t) in ("object", "list"):
@@ -206,6 +226,10 @@ def check_against_template(data: Any, template: Any, rel: str, template_path: Pa
 
     for key, value in data.items():
         visit(_norm(key), value, 1)
+    if isinstance(template, dict):
+        for top, why in merged_problems({_norm(k): v for k, v in template.items()}, check.params).items():
+            check.failures.setdefault(top, why)
+            check.params = {k: v for k, v in check.params.items() if k.split(_SEP)[0] != top}
     flat = flatten(data)
     check.values = {_display(k): flat.get(k) for k in check.failures}
     check.failures = {_display(k): v for k, v in check.failures.items()}
@@ -248,8 +272,8 @@ def match_templates(received: dict[str, Any], name: str, templates: list[Path] |
     if best is None:
         check = ConfigCheck("configs", None)
         check.failures[""] = (
-            f"no bundle templates installed to compare with (looked in {TEMPLATE_ENV} or the toolkit's bundles/); "
-            "install the toolkit from a checkout or set the variable"
+            f"no bundle templates installed to compare with (looked in {TEMPLATE_ENV}, the checkout's bundles/ and "
+            "the package's pipeline/_templates); reinstall the toolkit (its wheel carries them) or set the variable"
         )
         return TemplateMatch(None, [check])
     return best

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.share.archive import ZipLimits, check_zip_entries, read_zip_bytes, safe_extract
+from pipeline.share.filerules import content_problem
 from pipeline.share.files import (
     MANIFEST,
     PROVENANCE,
@@ -266,6 +267,8 @@ def verify_dir(
             report.add(
                 "files", rel, status, f"{reason}" + ("" if status == TRUSTED else f". If reviewed: --trust '{rel}'")
             )
+        elif reason := content_problem(root / rel, rel):
+            report.add("files", rel, FAIL, f"{reason}; a shared bundle's files must be what their type says")
     meta_file = root / "configs" / "metadata.json"
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
