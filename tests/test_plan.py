@@ -16,17 +16,8 @@ import pytest
 import torch
 
 from pipeline.apps.audit import Recommendation
-from pipeline.apps.plan import (
-    CaseFingerprint,
-    ChannelStats,
-    Fingerprint,
-    PlanError,
-    _memory,
-    fingerprint_dataset,
-    make_plan,
-    plan_dataset,
-    write_plan,
-)
+from pipeline.apps.fingerprint import CaseFingerprint, ChannelStats, Fingerprint, PlanError, fingerprint_dataset
+from pipeline.apps.plan import _memory, make_plan, plan_dataset, plan_markdown, write_plan
 from pipeline.bundle.config import BUNDLE_2D
 from pipeline.bundle.overrides import UnknownOverrideError, check_overrides
 from pipeline.cli import main
@@ -297,9 +288,12 @@ def source_bundle(root: Path, names: list[str], backbone: str = "resnet10") -> P
 def test_transfer_plan_maps_classes_by_name_and_sizes_unfreezing_to_the_cases(tmp_path):
     root = write_mr_dataset(tmp_path / "ds", n=4)
     src = source_bundle(tmp_path / "src", ["Background", "anterior", "posterier"])
-    plan = plan_dataset(root, BUNDLE_3D, device="cpu", max_epochs=10, source=src)
+    with pytest.raises(PlanError, match=r"the bundle folder .*failed verification: .*not a verified bundle"):
+        plan_dataset(root, BUNDLE_3D, device="cpu", max_epochs=10, source=src)  # a folder needs proof, or be told
+    plan = plan_dataset(root, BUNDLE_3D, device="cpu", max_epochs=10, source=src, trust_unverified=True)
     v = plan.values
-    assert v["pretrained"] == str(src.resolve())
+    assert v["pretrained"] == str(src.resolve()) and v["pretrained_options"]["trust_unverified"] is True
+    assert "backbone" not in v  # the source declares the template's resnet10: nothing to change
     assert v["pretrained_options"]["class_mapping"] == {"background": "Background", "Anterior": "anterior"}
     assert v["pretrained_options"]["target_class_names"] == "@class_names"
     near = [r for r in plan.reasons["pretrained"] if r.startswith("'Posterior'")]
@@ -331,10 +325,25 @@ def test_transfer_plan_maps_classes_by_name_and_sizes_unfreezing_to_the_cases(tm
 def test_transfer_plan_refuses_the_other_dimensionality_and_another_encoder(tmp_path):
     root = write_mr_dataset(tmp_path / "ds", n=2)
     with pytest.raises(PlanError, match=r"a 2D bundle cannot initialise a 3D network"):
-        plan_dataset(root, BUNDLE_3D, device="cpu", source=BUNDLE_2D)
+        plan_dataset(root, BUNDLE_3D, device="cpu", source=BUNDLE_2D, trust_unverified=True)
     src = source_bundle(tmp_path / "src", ["background", "anterior", "posterior"], backbone="resnet18")
-    with pytest.raises(PlanError, match=r"weights do not fit the planned resnet10 network"):
-        plan_dataset(root, BUNDLE_3D, device="cpu", source=src)
+    with pytest.raises(PlanError, match=r"weights do not fit the planned resnet10 network"):  # declares resnet10
+        plan_dataset(root, BUNDLE_3D, device="cpu", source=src, trust_unverified=True)
+    config = json.loads((src / "configs" / "train.json").read_text())
+    (src / "configs" / "train.json").write_text(json.dumps({**config, "backbone": "resnet-evil"}))
+    with pytest.raises(PlanError, match=r"its encoder 'resnet-evil' .* is not one this toolkit builds"):
+        plan_dataset(root, BUNDLE_3D, device="cpu", source=src, trust_unverified=True)
+
+
+def test_transfer_plan_takes_the_sources_architecture(tmp_path):
+    root = write_mr_dataset(tmp_path / "ds", n=2)
+    src = source_bundle(tmp_path / "src", ["background", "anterior", "posterior"], backbone="resnet18")
+    config = json.loads((src / "configs" / "train.json").read_text())
+    (src / "configs" / "train.json").write_text(json.dumps({**config, "backbone": "resnet18"}))
+    plan = plan_dataset(root, BUNDLE_3D, device="cpu", max_epochs=4, source=src, trust_unverified=True)
+    assert plan.values["backbone"] == "resnet18" and plan.values["decoder_channels"] == [64, 32, 16, 16, 8]
+    assert "fine-tuning keeps its architecture instead of this bundle's resnet10" in plan.reasons["backbone"][0]
+    assert '## backbone = `"resnet18"`' in plan_markdown(plan)
 
 
 @pytest.mark.filterwarnings("ignore:parsing config_file")
@@ -363,5 +372,5 @@ def test_transfer_plan_never_evaluates_the_source_bundles_configs(tmp_path):
     config["spatial_dims"] = f"$__import__('pathlib').Path('{marker}').touch() or 3"
     (src / "configs" / "train.json").write_text(json.dumps(config))
     with pytest.raises(PlanError, match=r"'spatial_dims' is .*an expression or reference; .* never evaluates them"):
-        plan_dataset(root, BUNDLE_3D, device="cpu", source=src)
+        plan_dataset(root, BUNDLE_3D, device="cpu", source=src, trust_unverified=True)
     assert not marker.exists()

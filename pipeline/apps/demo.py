@@ -3,6 +3,14 @@
 Every bundle step runs as ``python -m monai.bundle run <id> ...`` in a subprocess, exactly the command a user
 types (printed in the log), so the demo exercises the bundles as shipped. Each step's output goes to
 ``<out>/logs/<step>.log``; a failing step raises :class:`BundleRunError` naming that log.
+
+No site setting is hard-coded: each run is planned from its site's data first (``python -m pipeline plan``, with
+``--from`` the signed site A zip for the fine-tuning), written as ``plan.json`` + ``plan.md`` (the reasons) in that
+run's bundle folder. The values every later run of a bundle must share (classes, channels, intensity, pixdim) are
+written into the bundle copy's configs; training reads the rest from ``--args_file plan.json``. Only the demo's
+budget overrides the plan: ``max_epochs`` (given to the planner as ``--max-epochs``, so the fine-tuning stages are
+sized to it), ``val_interval``, and :attr:`DemoSettings.overrides`; :func:`plan_sources` says which value came from
+where, and the summary and log repeat it.
 """
 
 from __future__ import annotations
@@ -22,29 +30,38 @@ from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, st
 from pipeline.utils.atomic import write_text
 
 __all__ = [
+    "BUNDLE_VALUES",
     "DemoSettings",
     "StepRunner",
+    "plan_sources",
     "run_demo",
     "transfer_verdict",
 ]
 
 logger = logging.getLogger(__name__)
 
-
-# Site A is CT (the bundle default, a [-150, 300] HU window); site B is MR-like with air at ~0, so its bundle
-# copies scale by the 0.5/99.5 percentiles instead. Both put tissue near 0.4 and the organ near 0.6.
-SITE_B_INTENSITY: dict[str, Any] = {"mode": "percentile", "lower": 0.5, "upper": 99.5}
+#: plan values every run of a bundle copy shares (training, evaluation, inference): written into its configs where
+#: they hold plain values (``out_channels`` stays ``$len(@class_names)``); ``backbone``/``decoder_channels`` appear
+#: in a plan ``--from`` a source of another architecture
+BUNDLE_VALUES = (
+    "class_names", "out_channels", "in_channels", "intensity", "pixdim", "label_colors", "backbone", "decoder_channels",
+)  # fmt: skip
+#: plan values from the class-balance audit; ``DemoSettings(audit=False)`` trains without them (bundle defaults)
+SAMPLING_VALUES = ("sampling", "ratios", "ce_weight")
 
 
 @dataclass
 class DemoSettings:
     """Budget of the demo; the defaults fit ≤ 10 minutes on 2 CPU cores (see README for real-data settings).
 
-    With ``audit`` each site first runs ``python -m pipeline audit --write-override`` on its training data and
-    trains with the recommended class ratios and CE weights (both site B arms with site B's), as
-    ``docs/class-imbalance.md`` advises. Site B is fine-tuned with three stages over ``epochs_site_b``: head +
-    decoder first, then ``layer4`` at LR×0.1 from a third of the way, then the whole encoder at LR×0.01 from two
-    thirds; scratch gets the same epochs.
+    Every other setting comes from ``python -m pipeline plan`` on each site's data (see the module docstring):
+    ``epochs_site_a``/``epochs_site_b`` are passed to it as ``--max-epochs`` (the plan alone sizes ~4000 steps,
+    hundreds of epochs here), ``memory_gb`` as ``--memory-gb`` (the training memory the planner fits patch and batch
+    to: 1.6 GB keeps the CPU demo at 64×64×32 patches, 2 per step; None: the planner's default for the device), and
+    ``val_interval`` and ``overrides`` win over the plan on the command line. Site B's fine-tuning schedule is the
+    plan's (``unfreeze_stages`` sized to its 3 training cases and ``epochs_site_b``); scratch gets the same epochs.
+    ``audit=False`` trains without the plan's class-balance values (``sampling``/``ratios``/``ce_weight``: the
+    bundle's defaults instead), for comparison (``docs/class-imbalance.md``).
     """
 
     epochs_site_a: int = 60
@@ -52,15 +69,8 @@ class DemoSettings:
     val_interval: int = 10
     seed: int = 0
     audit: bool = True
+    memory_gb: float | None = 1.6
     overrides: dict[str, Any] = field(default_factory=dict)
-
-    def unfreeze_stages(self) -> list[dict[str, Any]]:
-        third = max(1, self.epochs_site_b // 3)
-        return [
-            {"epoch": 0, "trainable": ["decoder", "head"], "lr_scale": 1.0},
-            {"epoch": third, "trainable": ["layer4"], "lr_scale": 0.1},
-            {"epoch": 2 * third, "trainable": ["encoder"], "lr_scale": 0.01},
-        ]
 
 
 def _pipeline_command(*args: str) -> list[str]:
@@ -89,14 +99,48 @@ class StepRunner:
         return result
 
 
+def plan_sources(plan: Mapping[str, Any], explicit: Mapping[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
+    """Where each value of a planned run comes from: ``{id: {"value": used, "source": why}}``.
+
+    A value of ``plan`` is used as planned (source ``"plan"``) unless ``explicit`` (``{id: (value, why)}``, what the
+    demo sets on the command line) names it: then the source is ``why``, followed by the plan's value where the two
+    differ. Ids only in ``explicit`` (the seed, ...) are listed with their ``why``.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for key, value in plan.items():
+        if key not in explicit:
+            rows[key] = {"value": value, "source": "plan"}
+            continue
+        used, why = explicit[key]
+        rows[key] = {"value": used, "source": why if used == value else f"{why}; plan: {json.dumps(value)}"}
+    for key, (value, why) in explicit.items():
+        rows.setdefault(key, {"value": value, "source": why})
+    return rows
+
+
+def _literal(config: Mapping[str, Any], key: str) -> bool:
+    """``key`` holds a plain value in ``config``: a plan value may replace it in a bundle copy. An expression or
+    reference (``out_channels: "$len(@class_names)"``) stays: it follows the planned values by itself, and a packed
+    bundle whose configs replace code with a literal is refused by the receiver's verify."""
+    value = config.get(key, "$")
+    return not (isinstance(value, str) and value.startswith(("$", "@", "%")))
+
+
+def _describe(name: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
+    planned = [k for k, r in rows.items() if r["source"] == "plan"]
+    other = [f"{k} {json.dumps(r['value'])} ({r['source']})" for k, r in rows.items() if r["source"] != "plan"]
+    return f"{name}: from the plan: {', '.join(planned)}; from the demo: {'; '.join(other) or 'nothing'}"
+
+
 def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns a summary dict (also written as ``demo_summary.json``).
 
-    Steps (each a command a user would type; see ``<out>/logs``): synthetic data → class-balance audit of each
-    site → site A trains → site A
-    evaluates → site A packs its bundle → site B verifies the zip → site B fine-tunes from it with staged
-    unfreezing, and trains from scratch with the same epochs → both evaluated on site B's test cases → layer
-    drift → batch inference over site B's images → ``report.md``.
+    Steps (each a command a user would type; see ``<out>/logs``): synthetic data → site A plans its bundle from its
+    data → site A trains → site A evaluates → site A packs and signs its bundle → site B verifies the zip → site B
+    plans fine-tuning from it (``plan --from``) and fine-tunes with the planned staged unfreezing; it plans and
+    trains a scratch model with the same epochs → all three models evaluated on site B's test cases → layer drift →
+    batch inference over site B's images → ``report.md``. The summary's ``plans`` says, per run, where each setting
+    came from (:func:`plan_sources`); each run's reasons are in ``<bundle>/plan.md``.
     """
     from pipeline.data.synthetic import make_dataset
     from pipeline.evaluation.report import build_report, compare_markdown
@@ -108,30 +152,52 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
     data = step.timed("synth", lambda: make_dataset(out / "data", dims=3, site="both", seed=settings.seed))
     site_a, site_b = data / "site_A", data / "site_B"
     common = {"seed": settings.seed, **settings.overrides}
+    plans: dict[str, dict[str, Any]] = {}
 
-    def balance(site: str, folder: Path) -> dict[str, Any]:
-        """The audit's recommended sampling/loss settings for ``folder`` (none when the demo skips the audit)."""
-        if not settings.audit:
-            return {}
-        override = out / f"audit_{site}" / "override.json"
-        step(
-            f"audit_{site}",
-            _pipeline_command(
-                "audit", str(folder), "--bundle", str(BUNDLE_3D), "--out", str(override.parent),
-                "--write-override", str(override),
-            ),
-        )  # fmt: skip
-        return dict(json.loads(override.read_text()))
+    def plan_run(name: str, bundle: Path, dataset: Path, epochs: int, *extra: str) -> tuple[dict[str, Any], Path]:
+        """Step ``plan_<name>``: plan ``bundle`` for ``dataset`` into ``<bundle>/plan.json`` (reasons: ``plan.md``),
+        write the values all runs share into the copy's configs; returns the plan and the training ``--args_file``."""
+        path = bundle / "plan.json"
+        args = ["plan", str(dataset), "--bundle", str(bundle), "--out", str(path), "--max-epochs", str(epochs), *extra]
+        if settings.memory_gb is not None:
+            args += ["--memory-gb", str(settings.memory_gb)]
+        step(f"plan_{name}", _pipeline_command(*args))
+        plan = dict(json.loads(path.read_text()))
+        configs = [json.loads((bundle / "configs" / f).read_text()) for f in ("train.json", "inference.json")]
+        configure_bundle(
+            bundle, {k: plan[k] for k in BUNDLE_VALUES if k in plan and all(_literal(c, k) for c in configs)}
+        )
+        explicit: dict[str, tuple[Any, str]] = {
+            "max_epochs": (epochs, f"demo budget, planned with --max-epochs {epochs} (the plan alone: ~4000 steps)"),
+            "val_interval": (settings.val_interval, "demo budget"),
+            "seed": (settings.seed, "demo seed"),
+        }
+        args_file = path
+        if not settings.audit:  # the bundle's own sampling: the plan without its class-balance values
+            args_file = bundle / "plan_no_audit.json"
+            write_text(args_file, json.dumps({k: v for k, v in plan.items() if k not in SAMPLING_VALUES}, indent=2))
+            explicit.update({k: (configs[0].get(k), "bundle default (--no-audit)") for k in SAMPLING_VALUES})
+        explicit.update({k: (v, "demo override") for k, v in settings.overrides.items()})
+        plans[name] = {
+            "plan": str(path),
+            "reasons": str(path.with_suffix(".md")),
+            "values": plan_sources(plan, explicit),
+        }
+        logger.info("%s", _describe(name, plans[name]["values"]))
+        return plan, args_file
 
-    # --- site A: audit, train, evaluate, pack
+    def train_values(dataset: Path, args_file: Path) -> dict[str, Any]:
+        return {
+            "dataset_dir": str(dataset),
+            "args_file": str(args_file),
+            "val_interval": settings.val_interval,
+            **common,
+        }
+
+    # --- site A: plan, train, evaluate, pack
     bundle_a = stage_bundle(BUNDLE_3D, out / "bundle_site_A")
-    train_a: dict[str, Any] = {
-        "dataset_dir": str(site_a),
-        "max_epochs": settings.epochs_site_a,
-        "val_interval": settings.val_interval,
-    }
-    train_a.update(balance("site_A", site_a))
-    step("train_site_A", bundle_command(bundle_a, "training", ["train.json"], {**train_a, **common}))
+    _, args_a = plan_run("site_A", bundle_a, site_a, settings.epochs_site_a)
+    step("train_site_A", bundle_command(bundle_a, "training", ["train.json"], train_values(site_a, args_a)))
     eval_a = out / "eval_site_A_on_A"
     step(
         "evaluate_site_A",
@@ -149,35 +215,26 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
     step("keygen_site_A", _pipeline_command("keygen", str(key), "--comment", "site A (demo)"))
     step("pack_site_A", _pipeline_command("pack", str(bundle_a), "-o", str(zip_a), "--force", "--sign", str(key)))
 
-    # --- site B: verify, fine-tune vs scratch, evaluate both
+    # --- site B: verify, plan fine-tuning from the zip and scratch, train both, evaluate all three
     step("verify_at_site_B", _pipeline_command("verify", str(zip_a), "--trusted-keys", str(public_key)))
-    train_b: dict[str, Any] = {
-        "dataset_dir": str(site_b),
-        "max_epochs": settings.epochs_site_b,
-        "val_interval": settings.val_interval,
-    }
-    train_b.update(balance("site_B", site_b))
     bundle_ft = stage_bundle(BUNDLE_3D, out / "bundle_site_B_finetuned")
-    configure_bundle(bundle_ft, {"intensity": SITE_B_INTENSITY})
-    step(
-        "finetune_site_B",
-        bundle_command(
-            bundle_ft, "training", ["train.json", "finetune.json"],
-            {**train_b, "pretrained": str(zip_a), "trusted_keys": str(public_key),
-             "unfreeze_stages": settings.unfreeze_stages(), **common},
-        ),
-    )  # fmt: skip
+    source = ("--from", str(zip_a), "--trusted-keys", str(public_key))
+    _, args_ft = plan_run("site_B_finetune", bundle_ft, site_b, settings.epochs_site_b, *source)
+    files_ft = ["train.json", "finetune.json"]
+    step("finetune_site_B", bundle_command(bundle_ft, "training", files_ft, train_values(site_b, args_ft)))
     bundle_sc = stage_bundle(BUNDLE_3D, out / "bundle_site_B_scratch")
-    configure_bundle(bundle_sc, {"intensity": SITE_B_INTENSITY})
-    step("scratch_site_B", bundle_command(bundle_sc, "training", ["train.json"], {**train_b, **common}))
+    plan_b, args_sc = plan_run("site_B_scratch", bundle_sc, site_b, settings.epochs_site_b)
+    step("scratch_site_B", bundle_command(bundle_sc, "training", ["train.json"], train_values(site_b, args_sc)))
     evals = {
         "site A model, no fine-tuning": (bundle_a, out / "eval_site_A_model_on_B"),
         "fine-tuned (staged)": (bundle_ft, out / "eval_finetuned_on_B"),
         "scratch": (bundle_sc, out / "eval_scratch_on_B"),
     }
+    # the site A model as is gets site B's planned intensity normalisation (site A's CT statistics mean nothing on
+    # site B's images): the one fair way to use it there; it keeps its own pixdim
+    plans["site_A_model_on_B"] = {"values": {"intensity": {"value": plan_b["intensity"], "source": "site B's plan"}}}
     for bundle, eval_dir in evals.values():
-        # the site A model as is still gets site B's intensity normalisation: the one fair way to use it there
-        site_b_values = {"intensity": SITE_B_INTENSITY} if bundle == bundle_a else {}
+        site_b_values = {"intensity": plan_b["intensity"]} if bundle == bundle_a else {}
         step(
             "evaluate_" + eval_dir.name,
             bundle_command(
@@ -227,6 +284,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         "times_s": {k: round(v, 1) for k, v in step.times.items()},
         "eval_site_A": json.loads((eval_a / "summary.json").read_text()),
         "site_B": summaries,
+        "plans": plans,
         "comparison_md": comparison,
         "verdict": verdict,
         "report": str(report),

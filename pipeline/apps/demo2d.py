@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 class Demo2DSettings(DemoSettings):
     """Budget of the 2D demo; the defaults fit ≤ 3 minutes on 2 CPU cores.
 
-    Site B is fine-tuned over ``epochs_site_b`` in three stages (see :meth:`DemoSettings.unfreeze_stages`); scratch
-    gets the same epochs. ``bundle_values`` are top-level config values set in every bundle copy (what a site edits
-    in its ``train.json``/``inference.json``), e.g. a lighter encoder for the CPU budget.
+    Site B is fine-tuned over ``epochs_site_b`` in three stages (:meth:`unfreeze_stages`); scratch gets the same
+    epochs. ``bundle_values`` are top-level config values set in every bundle copy (what a site edits in its
+    ``train.json``/``inference.json``), e.g. a lighter encoder for the CPU budget. Unlike the 3D demo this one does not
+    plan its runs yet (``audit`` and ``memory_gb`` are unused): both sites train with the 2D bundle's defaults.
     """
 
     epochs_site_a: int = 30
@@ -52,6 +53,16 @@ class Demo2DSettings(DemoSettings):
         if self.bundle_values is not None:
             return dict(self.bundle_values)
         return {"backbone": "resnet10", "decoder_channels": [64, 32, 16, 16, 8]}
+
+    def unfreeze_stages(self) -> list[dict[str, Any]]:
+        """Head + decoder first, ``layer4`` at LR×0.1 from a third of ``epochs_site_b``, the whole encoder at
+        LR×0.01 from two thirds."""
+        third = max(1, self.epochs_site_b // 3)
+        return [
+            {"epoch": 0, "trainable": ["decoder", "head"], "lr_scale": 1.0},
+            {"epoch": third, "trainable": ["layer4"], "lr_scale": 0.1},
+            {"epoch": 2 * third, "trainable": ["encoder"], "lr_scale": 0.01},
+        ]
 
 
 def mask_sizes(images_dir: str | Path, masks_dir: str | Path) -> list[dict[str, Any]]:

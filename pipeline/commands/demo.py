@@ -8,6 +8,7 @@ command with ``--dims 2``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -28,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-audit",
         dest="audit",
         action="store_false",
-        help="3D: train with the bundle's default sampling instead of each site's audit recommendation",
+        help="3D: train with the bundle's default sampling instead of the plan's (each site's audit recommendation)",
+    )
+    parser.add_argument(
+        "--memory-gb",
+        type=float,
+        help="3D: training memory each site's plan fits patch and batch to (plan --memory-gb; default 1.6, which "
+        "keeps the CPU demo at 64x64x32 patches); 0: the planner's default for the device",
     )
     parser.add_argument(
         "--shipped-network",
@@ -45,8 +52,21 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 def _run_3d(args: argparse.Namespace) -> int:
     from pipeline.apps.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(seed=args.seed, audit=args.audit, **_given(args))
+    given = _given(args)
+    if args.memory_gb is not None:
+        given["memory_gb"] = args.memory_gb or None
+    settings = DemoSettings(seed=args.seed, audit=args.audit, **given)
     summary = run_demo(args.out, settings)
+    print()
+    print("## Settings: each run planned from its site's data (python -m pipeline plan; reasons in each plan.md)\n")
+    for name, plan in summary["plans"].items():
+        rows = plan["values"]
+        planned = [k for k, r in rows.items() if r["source"] == "plan"]
+        where = f" ({plan['reasons']})" if "reasons" in plan else ""
+        print(f"- {name}{where}: from the plan: {', '.join(planned) or 'nothing'}")
+        for k, r in rows.items():
+            if r["source"] != "plan":
+                print(f"    {k} = {json.dumps(r['value'])}: {r['source']}")
     print()
     print(summary_markdown(summary["eval_site_A"], title="Site A model on site A test cases"))
     print("## Site B test cases: site A model as is, fine-tuned from it, and trained from scratch (mean Dice)\n")

@@ -42,17 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-unsigned", action="store_true", help="accept a --from zip no trusted key signed (said loudly)"
     )
+    parser.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="--from a bundle folder without proof (your own training output; a received one is re-verified): "
+        "training is told so too (pretrained_options.trust_unverified)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.apps.plan import PlanError, plan_dataset, plan_markdown, write_plan
+    from pipeline.apps.fingerprint import PlanError
+    from pipeline.apps.plan import plan_dataset, plan_markdown, write_plan
     from pipeline.bundle.config import BundleError
     from pipeline.data.datalist import DatalistError
 
     try:
         plan = plan_dataset(
             args.dataset_dir, args.bundle, args.device, args.memory_gb, args.max_epochs, args.source,
-            args.trusted_keys, args.allow_unsigned,
+            args.trusted_keys, args.allow_unsigned, args.trust_unverified,
         )  # fmt: skip
     except (PlanError, BundleError, DatalistError, ValueError) as e:
         print(f"plan: {e}")
