@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["SOURCE", "main", "prepare", "run_arms"]
+__all__ = ["SOURCE", "main", "prepare", "run_arms", "set_metadata_classes"]
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018_nuclei"
 MODALITY = {"fluorescence": "fluorescence microscopy", "stained_brightfield": "brightfield microscopy (stained)"}
@@ -94,7 +94,7 @@ def prepare(
     }
 
 
-def _metadata_classes(bundle: Path, class_names: list[str], in_channels: int) -> None:
+def set_metadata_classes(bundle: Path, class_names: list[str], in_channels: int) -> None:
     """What a site edits in its bundle copy's metadata.json: the output classes and input channels."""
     path = bundle / "configs" / "metadata.json"
     meta = json.loads(path.read_text())
@@ -130,7 +130,7 @@ def run_arms(out: Path, *, memory_gb: float, epochs_a: int, epochs_b: int) -> di
         # what defines the model and is a literal in every config (out_channels stays the template's expression)
         model = {k: v for k, v in values.items() if k in inference and not str(inference[k]).startswith("$")}
         configure_bundle(bundle, {**model, "backbone": "efficientnet-lite0"})
-        _metadata_classes(bundle, values["class_names"], values["in_channels"])
+        set_metadata_classes(bundle, values["class_names"], values["in_channels"])
         return bundle
 
     def train(name: str, bundle: Path, site: str, values: dict[str, Any], files: list[str]) -> None:

@@ -121,7 +121,9 @@ def run_demo_2d(out_dir: str | Path, settings: Demo2DSettings | None = None) -> 
     # --- site B: fine-tune from site A's bundle with staged unfreezing vs scratch, same epochs
     train_b = {"dataset_dir": str(site_b), "max_epochs": settings.epochs_site_b, "val_interval": settings.val_interval}
     bundle_ft = stage("bundle_site_B_finetuned")
-    finetune = {**train_b, "pretrained": str(bundle_a), "unfreeze_stages": settings.unfreeze_stages(), **common}
+    # site A's folder is this run's own training output (no manifest): say so, as a user would (--trust_unverified)
+    finetune = {**train_b, "pretrained": str(bundle_a), "trust_unverified": True,
+                "unfreeze_stages": settings.unfreeze_stages(), **common}  # fmt: skip
     step("finetune_site_B", bundle_command(bundle_ft, "training", ["train.json", "finetune.json"], finetune))
     bundle_sc = stage("bundle_site_B_scratch")
     step("scratch_site_B", bundle_command(bundle_sc, "training", ["train.json"], {**train_b, **common}))
