@@ -111,3 +111,25 @@ def test_dsb2018_planned_2d_bundle_trains_on_real_images(dsb_sites, tmp_path):
     assert (tmp_path / "b" / "models" / "model.pt").is_file()
     if imagenet:  # the ImageNet file went into the encoder: every one of its 296 tensors, RGB stem as is
         assert "loaded 296/" in log and "efficientnet-lite0-57934424.pth" in log
+
+
+@pytest.mark.slow
+def test_hippocampus_planned_bundle_trains_on_real_mri(tmp_path):
+    """The issue's first-user path on real MRI: a user-written dataset.json, `plan`, `--args_file plan.json`, nothing
+    else (4 cases, one epoch: that it trains, not how well; figures in docs/real-data.md)."""
+    root = hippocampus_dataset(tmp_path / "hippo", 4)
+    out = tmp_path / "plan.json"
+    argv = ["plan", str(root), "--bundle", str(BUNDLE_3D), "--out", str(out), "--device", "cpu", "--max-epochs", "1"]
+    assert main(argv) == 0
+    configs = BUNDLE_3D / "configs"
+    cmd = [
+        *(sys.executable, "-m", "monai.bundle", "run", "training"),
+        *("--config_file", str(configs / "train.json"), "--meta_file", str(configs / "metadata.json")),
+        *("--bundle_root", str(tmp_path / "b"), "--dataset_dir", str(root), "--args_file", str(out)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else "0"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "val/dice/Anterior" in log and "val/dice/Posterior" in log
+    assert (tmp_path / "b" / "models" / "model.pt").is_file()
