@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from pipeline.bundle.overrides import UnknownOverrideError, check_overrides
-from pipeline.checks.dataset import DataCheckError, check_dataset, check_training_data
+from pipeline.checks.dataset import check_dataset, check_training_data
+from pipeline.checks.report import DataCheckError
 from pipeline.handlers.checkpoint_files import CheckpointError, atomic_save, load_checkpoint
 from tests.conftest import BUNDLE_3D
 
@@ -224,7 +225,7 @@ def test_image_smaller_than_patch_is_padded_and_warns(tmp_path, caplog):
 
 def test_patch_not_multiple_of_stride_is_an_error_because_the_network_fails():
     """FlexibleUNet does not pad its input: 48 fails deep in the decoder, hence the up-front error."""
-    from pipeline.checks.dataset import check_patch_size
+    from pipeline.checks.settings import check_patch_size
     from pipeline.networks.unet import PretrainedUNet
 
     [problem] = check_patch_size([48, 64, 32], 3, "resnet10")

@@ -15,14 +15,10 @@ from PIL import Image
 from pipeline.bundle.config import BUNDLE_2D
 from pipeline.bundle.overrides import bundle_overrides
 from pipeline.bundle.run import bundle_command
-from pipeline.checks.dataset import (
-    DataCheckError,
-    check_dataset,
-    check_patch_size,
-    check_training_data,
-    network_stride,
-)
+from pipeline.checks.dataset import check_dataset, check_training_data
 from pipeline.checks.images import SpacingError, read_image_info
+from pipeline.checks.report import DataCheckError
+from pipeline.checks.settings import check_patch_size, network_stride
 from pipeline.cli import main
 from pipeline.data.synthetic2d import CLASS_NAMES_2D, LABEL_COLORS_2D, make_site_2d
 from tests.conftest import BUNDLE_3D

@@ -19,7 +19,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipeline.data.dicom import DicomError, find_dicom_series, read_series, series_geometry
+from pipeline.data.dicom_series import DicomError, find_dicom_series, read_series, series_geometry
 from pipeline.inference.engine import BatchInference
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

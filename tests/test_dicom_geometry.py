@@ -2,8 +2,8 @@
 
 The three real CT slices of ``../shared/data/dcmqi_ct_seg/ct-3slice`` (512², GE) are re-written with other
 geometries — oblique, sagittal, coronal, flipped (LPS-looking) in-plane axes, files out of order, gantry tilt, and one
-enhanced multi-frame file — and read with :func:`pipeline.data.dicom.read_series`. Each volume is checked against the
-geometry it was written with (always) and against dcm2niix's NIfTI of the same files, both reoriented to RAS
+enhanced multi-frame file — and read with :func:`pipeline.data.dicom_series.read_series`. Each volume is checked against
+the geometry it was written with (always) and against dcm2niix's NIfTI of the same files, both reoriented to RAS
 (when dcm2niix is installed; ``.ci/run`` installs it). Skipped without ``../shared/data``.
 """
 
@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data.dicom import DicomError, find_dicom_series, read_series
+from pipeline.data.dicom_series import DicomError, find_dicom_series, read_series
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcmqi_ct_seg" / "ct-3slice"
 pytestmark = pytest.mark.skipif(not SRC.is_dir(), reason="../shared/data/dcmqi_ct_seg is absent")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.dicom import find_dicom_series, read_series, segment_concepts, series_geometry, write_dicom_seg
+from pipeline.data.dicom_seg import segment_concepts, write_dicom_seg
+from pipeline.data.dicom_series import find_dicom_series, read_series, series_geometry
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcmqi_ct_seg" / "ct-3slice"
 pytestmark = pytest.mark.skipif(not SRC.is_dir(), reason="../shared/data/dcmqi_ct_seg is absent")
@@ -98,7 +99,7 @@ SEG_DIR = SRC.parent
 
 
 def test_seg_labels_map_segments_by_name_in_the_series_grid(ct):
-    from pipeline.data.dicom import read_seg_labels
+    from pipeline.data.dicom_seg import read_seg_labels
 
     series, _ = ct
     labels, affine = read_seg_labels(SEG_DIR / "liver.dcm", ["background", "LIVER"])  # names match case-insensitively
@@ -110,7 +111,8 @@ def test_seg_labels_map_segments_by_name_in_the_series_grid(ct):
 
 
 def test_seg_labels_refuse_unknown_segment_names_with_the_list():
-    from pipeline.data.dicom import DicomError, read_seg_labels
+    from pipeline.data.dicom_seg import read_seg_labels
+    from pipeline.data.dicom_series import DicomError
 
     with pytest.raises(
         DicomError, match=r"segment label\(s\) \['GREEN', 'ORANGE', 'PURPLE', 'LIGHT_BLUE', 'DARK_BLUE'\] "
@@ -119,7 +121,7 @@ def test_seg_labels_refuse_unknown_segment_names_with_the_list():
 
 
 def test_overlapping_segments_resolve_to_the_higher_class(caplog):
-    from pipeline.data.dicom import read_seg_labels
+    from pipeline.data.dicom_seg import read_seg_labels
 
     names = ["background", "green", "orange", "purple", "light_blue", "dark_blue"]
     labels, _ = read_seg_labels(SEG_DIR / "partial_overlaps.dcm", names)

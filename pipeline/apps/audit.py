@@ -28,8 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.bundle.config import bundle_class_names, get_parsed, open_bundle
-from pipeline.checks.dataset import class_names_problem, label_colors_fallback
 from pipeline.checks.images import CaseReader, SpacingError, read_image_info
+from pipeline.checks.settings import class_names_problem, label_colors_fallback
 from pipeline.data.datalist import case_id, class_names_from_dataset, load_datalist
 
 __all__ = [

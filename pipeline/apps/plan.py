@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.apps.fingerprint import PERCENTILES, Fingerprint, Plan, PlanError, fingerprint_dataset
 from pipeline.apps.transfer_plan import transfer_plan
 from pipeline.bundle.config import default_bundle, get_parsed, open_bundle
-from pipeline.checks.dataset import network_stride
+from pipeline.checks.settings import network_stride
 from pipeline.utils.atomic import write_text
 
 __all__ = [
@@ -205,7 +205,7 @@ def make_plan(
 
     Args:
         fp: the dataset's fingerprint.
-        stride: the encoder's total downsampling (:func:`pipeline.checks.dataset.network_stride`).
+        stride: the encoder's total downsampling (:func:`pipeline.checks.settings.network_stride`).
         device: ``cpu`` or ``cuda``: picks the memory model.
         memory_gb: memory budget for training; None: :data:`DEFAULT_MEMORY_GB` of ``device``.
         max_epochs: fixed ``max_epochs``; None: sized to the number of training cases.

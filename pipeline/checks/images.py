@@ -213,7 +213,7 @@ def read_image_info(path: str | Path) -> ImageInfo:
 
 def dicom_info(folder: str) -> tuple[list[Problem], ImageInfo | None]:
     """Problems of a folder meant to hold one DICOM series, and its geometry when it is one regular volume."""
-    from pipeline.data.dicom import DicomError, find_dicom_series, is_dicom_candidate, series_geometry
+    from pipeline.data.dicom_series import DicomError, find_dicom_series, is_dicom_candidate, series_geometry
 
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.is_file() and is_dicom_candidate(p))
     series, unreadable, _ = find_dicom_series(files)

@@ -69,7 +69,8 @@ def _settings(bundle: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.bundle.overrides import parse_set_options
-    from pipeline.checks.dataset import check_dataset, check_patch_size, class_names_problem, label_colors_fallback
+    from pipeline.checks.dataset import check_dataset
+    from pipeline.checks.settings import check_patch_size, class_names_problem, label_colors_fallback
 
     try:
         settings = _settings(args.bundle, parse_set_options(args.set))

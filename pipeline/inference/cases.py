@@ -1,8 +1,8 @@
 """Input discovery for batch inference: every image file and DICOM series under a folder, as :class:`Case` s.
 
 Files are found by suffix (2D models add ``.jpg``, ``.jpeg``, ``.bmp``: :data:`SUFFIXES_2D`), DICOM series by
-:func:`pipeline.data.dicom.find_dicom_series`; hidden files/folders and the output folder are skipped. A case is named
-by :func:`pipeline.data.datalist.case_id` (a file) or its ``SeriesInstanceUID`` (a series); its outputs keep its
+:func:`pipeline.data.dicom_series.find_dicom_series`; hidden files/folders and the output folder are skipped. A case is
+named by :func:`pipeline.data.datalist.case_id` (a file) or its ``SeriesInstanceUID`` (a series); its outputs keep its
 folder relative to the input folder. The engine is :class:`pipeline.inference.engine.BatchInference`.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.datalist import IMAGE_SUFFIXES, DatalistError, case_id
-from pipeline.data.dicom import DicomSeries, find_dicom_series, is_dicom_candidate
+from pipeline.data.dicom_series import DicomSeries, find_dicom_series, is_dicom_candidate
 from pipeline.data.images2d import IMAGE_SUFFIXES_2D
 
 __all__ = ["SUFFIXES_2D", "Case", "SeriesSelection", "find_cases"]

@@ -50,7 +50,8 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
 from pipeline.data.datalist import IMAGE_SUFFIXES
-from pipeline.data.dicom import read_series, write_dicom_seg
+from pipeline.data.dicom_seg import write_dicom_seg
+from pipeline.data.dicom_series import read_series
 from pipeline.data.images2d import MASK_SUFFIXES_2D, encode_mask_2d
 from pipeline.inference.cases import SUFFIXES_2D, Case, SeriesSelection, find_cases
 from pipeline.inference.model import default_device, load_checkpoint, split_preprocessing

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.dicom import DicomError
+from pipeline.data.dicom_series import DicomError
 from pipeline.inference.writers import atomic_write_chunks
 
 __all__ = [

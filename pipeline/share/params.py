@@ -95,7 +95,7 @@ def _pipeline_names(module: str, name: str) -> tuple[str, ...]:
 def parameter_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the bundles' parameters: ``properties`` maps each top-level id to its rule;
     every rule has a ``description`` that refusals quote. Built once, at run time (enums from the toolkit)."""
-    from pipeline.checks.dataset import LEVELS as levels
+    from pipeline.checks.report import LEVELS as levels
     from pipeline.transforms.intensity import INTENSITY_MODES as modes
     from pipeline.transforms.sampling import SAMPLING_MODES as sampling
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from monai import transforms as mt
 
-from pipeline.data.dicom import DicomSegReader, is_dicom_seg
+from pipeline.data.dicom_seg import DicomSegReader, is_dicom_seg
 from pipeline.data.images2d import Image2DReader
 from pipeline.transforms.intensity import intensity_transform
 from pipeline.transforms.labels2d import MaskToClassesd, label_channels
@@ -132,7 +132,7 @@ def load_transforms(
 ) -> list[mt.Transform]:
     """The load head: files -> ``image (C, *spatial)`` [and ``label (1, *spatial)``], before resampling.
 
-    3D: ``LoadImaged`` (a label may be a DICOM SEG: :class:`~pipeline.data.dicom.DicomSegReader` maps its segments
+    3D: ``LoadImaged`` (a label may be a DICOM SEG: :class:`~pipeline.data.dicom_seg.DicomSegReader` maps its segments
     to class indices by ``class_names``) -> ``EnsureChannelFirstd`` -> :class:`LabelToImageGridd` ->
     ``Orientationd("RAS")``. 2D: ``LoadImaged`` with
     :class:`Image2DReader` (image and label with their own channel counts) -> ``EnsureChannelFirstd`` ->
@@ -187,7 +187,7 @@ def _foreground_crop(keys: list[str]) -> mt.Transform:
 
 class LoadLabeld(mt.MapTransform):
     """Load ``label`` like ``LoadImaged`` (MONAI's readers, chosen by suffix), or, when it is a DICOM SEG, with
-    :class:`~pipeline.data.dicom.DicomSegReader` (segments mapped to class indices by ``class_names``)."""
+    :class:`~pipeline.data.dicom_seg.DicomSegReader` (segments mapped to class indices by ``class_names``)."""
 
     def __init__(self, class_names: Sequence[str] | None = None, key: str = "label") -> None:
         super().__init__([key])
