@@ -45,6 +45,23 @@ def hippocampus_dataset(root, n: int):
     return root
 
 
+def train_with_plan(bundle, dataset, plan_json, bundle_root) -> str:
+    """`python -m monai.bundle run training` with the bundle's train.json and `--args_file plan.json`, nothing else;
+    asserts it ran to the end and wrote `model.pt`; returns its log."""
+    configs = bundle / "configs"
+    cmd = [
+        *(sys.executable, "-m", "monai.bundle", "run", "training"),
+        *("--config_file", str(configs / "train.json"), "--meta_file", str(configs / "metadata.json")),
+        *("--bundle_root", str(bundle_root), "--dataset_dir", str(dataset), "--args_file", str(plan_json)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else "0"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert (bundle_root / "models" / "model.pt").is_file()
+    return log
+
+
 def test_hippocampus_plan_speaks_the_datas_language(tmp_path, capsys):
     root = hippocampus_dataset(tmp_path / "hippo", 12)
     out = tmp_path / "plan.json"
@@ -97,18 +114,8 @@ def test_dsb2018_planned_2d_bundle_trains_on_real_images(dsb_sites, tmp_path):
     assert (values.get("backbone"), values.get("pretrained")) == (
         ("efficientnet-lite0", "imagenet") if imagenet else (None, None)
     )
-    configs = BUNDLE_2D / "configs"
-    cmd = [
-        *(sys.executable, "-m", "monai.bundle", "run", "training"),
-        *("--config_file", str(configs / "train.json"), "--meta_file", str(configs / "metadata.json")),
-        *("--bundle_root", str(tmp_path / "b"), "--dataset_dir", str(site), "--args_file", str(out)),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else "0"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-3000:]
+    log = train_with_plan(BUNDLE_2D, site, out, tmp_path / "b")
     assert "Epoch[1] Metrics -- " in log and "val/dice/nucleus" in log
-    assert (tmp_path / "b" / "models" / "model.pt").is_file()
     if imagenet:  # the ImageNet file went into the encoder: every one of its 296 tensors, RGB stem as is
         assert "loaded 296/" in log and "efficientnet-lite0-57934424.pth" in log
 
@@ -121,15 +128,5 @@ def test_hippocampus_planned_bundle_trains_on_real_mri(tmp_path):
     out = tmp_path / "plan.json"
     argv = ["plan", str(root), "--bundle", str(BUNDLE_3D), "--out", str(out), "--device", "cpu", "--max-epochs", "1"]
     assert main(argv) == 0
-    configs = BUNDLE_3D / "configs"
-    cmd = [
-        *(sys.executable, "-m", "monai.bundle", "run", "training"),
-        *("--config_file", str(configs / "train.json"), "--meta_file", str(configs / "metadata.json")),
-        *("--bundle_root", str(tmp_path / "b"), "--dataset_dir", str(root), "--args_file", str(out)),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "" if not torch.cuda.is_available() else "0"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-3000:]
+    log = train_with_plan(BUNDLE_3D, root, out, tmp_path / "b")
     assert "val/dice/Anterior" in log and "val/dice/Posterior" in log
-    assert (tmp_path / "b" / "models" / "model.pt").is_file()
