@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["SOURCE", "main", "prepare", "run_arms", "set_metadata_classes"]
+__all__ = ["SOURCE", "main", "prepare", "run_arms"]
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018_nuclei"
 MODALITY = {"fluorescence": "fluorescence microscopy", "stained_brightfield": "brightfield microscopy (stained)"}
@@ -94,21 +94,10 @@ def prepare(
     }
 
 
-def set_metadata_classes(bundle: Path, class_names: list[str], in_channels: int) -> None:
-    """What a site edits in its bundle copy's metadata.json: the output classes and input channels."""
-    path = bundle / "configs" / "metadata.json"
-    meta = json.loads(path.read_text())
-    fmt = meta["network_data_format"]
-    fmt["outputs"]["pred"]["channel_def"] = {str(i): n for i, n in enumerate(class_names)}
-    fmt["outputs"]["pred"]["num_channels"] = len(class_names)
-    fmt["inputs"]["image"]["num_channels"] = in_channels
-    path.write_text(json.dumps(meta, indent=4) + "\n")
-
-
 def run_arms(out: Path, *, memory_gb: float, epochs_a: int, epochs_b: int) -> dict[str, Any]:
     """The transfer arms on ``out/site_A`` and ``out/site_B`` (see the module docstring); returns the summary."""
     from pipeline.bundle.config import BUNDLE_2D
-    from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, stage_bundle
+    from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, shared_values, stage_bundle
 
     py = sys.executable
     logs, times = out / "logs", {}
@@ -126,11 +115,7 @@ def run_arms(out: Path, *, memory_gb: float, epochs_a: int, epochs_b: int) -> di
 
     def stage(name: str, values: dict[str, Any]) -> Path:
         bundle = stage_bundle(BUNDLE_2D, out / name)
-        inference = json.loads((bundle / "configs" / "inference.json").read_text())
-        # what defines the model and is a literal in every config (out_channels stays the template's expression)
-        model = {k: v for k, v in values.items() if k in inference and not str(inference[k]).startswith("$")}
-        configure_bundle(bundle, {**model, "backbone": "efficientnet-lite0"})
-        set_metadata_classes(bundle, values["class_names"], values["in_channels"])
+        configure_bundle(bundle, {**shared_values(bundle, values), "backbone": "efficientnet-lite0"})
         return bundle
 
     def train(name: str, bundle: Path, site: str, values: dict[str, Any], files: list[str]) -> None:

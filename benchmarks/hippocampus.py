@@ -29,8 +29,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from benchmarks.dsb2018 import set_metadata_classes
-
 __all__ = ["SCALE", "OFFSET", "main", "make_site_b", "run_arms"]
 
 SCALE, OFFSET = 3.7, 250.0
@@ -75,7 +73,7 @@ def make_site_b(dataset: Path, out: Path, b_train: int = 4) -> Path:
 def run_arms(out: Path, dataset: Path, weights: Path, plan_json: Path, *, epochs_b: int, b_train: int) -> dict:
     """Site B's three arms (see the module docstring); returns the summary."""
     from pipeline.bundle.config import BUNDLE_3D
-    from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, stage_bundle
+    from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, shared_values, stage_bundle
 
     py, logs, times = sys.executable, out / "logs", {}
 
@@ -85,10 +83,7 @@ def run_arms(out: Path, dataset: Path, weights: Path, plan_json: Path, *, epochs
 
     def stage(name: str, values: dict[str, Any]) -> Path:
         bundle = stage_bundle(BUNDLE_3D, out / name)
-        inference = json.loads((bundle / "configs" / "inference.json").read_text())
-        model = {k: v for k, v in values.items() if k in inference and not str(inference[k]).startswith("$")}
-        configure_bundle(bundle, model)
-        set_metadata_classes(bundle, values["class_names"], values["in_channels"])
+        configure_bundle(bundle, shared_values(bundle, values))
         return bundle
 
     def plan(name: str, *extra: str) -> dict[str, Any]:

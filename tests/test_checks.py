@@ -310,3 +310,20 @@ def test_bundle_command_values_reach_monai_unchanged(value):
     cmd = bundle_command("/b", "training", ["train.json"], {"x": value})
     assert DefaultParseValue(cmd[cmd.index("--x") + 1]) == value
     assert type(DefaultParseValue(cmd[cmd.index("--x") + 1])) is type(value)
+
+
+def test_configure_bundle_keeps_metadata_with_the_classes_and_takes_only_shared_literals(tmp_path):
+    from pipeline.bundle.run import configure_bundle, shared_values, stage_bundle
+
+    bundle = stage_bundle(BUNDLE_2D, tmp_path / "b")
+    plan = {"class_names": ["background", "nucleus"], "out_channels": 2, "in_channels": 3, "patch_size": [256, 256]}
+    values = shared_values(bundle, plan)
+    assert values == {"class_names": ["background", "nucleus"], "in_channels": 3}  # out_channels stays "$len(...)"
+    configure_bundle(bundle, values)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())["network_data_format"]
+    assert meta["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "nucleus"}
+    assert meta["outputs"]["pred"]["num_channels"] == 2 and meta["inputs"]["image"]["num_channels"] == 3
+    before = {p.name: p.read_text() for p in (bundle / "configs").iterdir()}
+    with pytest.raises(KeyError, match="no top-level ids \\['no_such_id'\\]"):
+        configure_bundle(bundle, {"class_names": ["a", "b"], "no_such_id": 1})
+    assert {p.name: p.read_text() for p in (bundle / "configs").iterdir()} == before  # nothing half-written

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.bundle.config import BUNDLE_3D
-from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, stage_bundle
+from pipeline.bundle.run import bundle_command, configure_bundle, run_bundle, shared_values, stage_bundle
 from pipeline.utils.atomic import write_text
 
 __all__ = [
-    "BUNDLE_VALUES",
     "DemoSettings",
     "StepRunner",
     "plan_sources",
@@ -40,12 +39,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: plan values every run of a bundle copy shares (training, evaluation, inference): written into its configs where
-#: they hold plain values (``out_channels`` stays ``$len(@class_names)``); ``backbone``/``decoder_channels`` appear
-#: in a plan ``--from`` a source of another architecture
-BUNDLE_VALUES = (
-    "class_names", "out_channels", "in_channels", "intensity", "pixdim", "label_colors", "backbone", "decoder_channels",
-)  # fmt: skip
 #: plan values from the class-balance audit; ``DemoSettings(audit=False)`` trains without them (bundle defaults)
 SAMPLING_VALUES = ("sampling", "ratios", "ce_weight")
 
@@ -118,14 +111,6 @@ def plan_sources(plan: Mapping[str, Any], explicit: Mapping[str, tuple[Any, str]
     return rows
 
 
-def _literal(config: Mapping[str, Any], key: str) -> bool:
-    """``key`` holds a plain value in ``config``: a plan value may replace it in a bundle copy. An expression or
-    reference (``out_channels: "$len(@class_names)"``) stays: it follows the planned values by itself, and a packed
-    bundle whose configs replace code with a literal is refused by the receiver's verify."""
-    value = config.get(key, "$")
-    return not (isinstance(value, str) and value.startswith(("$", "@", "%")))
-
-
 def _describe(name: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
     planned = [k for k, r in rows.items() if r["source"] == "plan"]
     other = [f"{k} {json.dumps(r['value'])} ({r['source']})" for k, r in rows.items() if r["source"] != "plan"]
@@ -163,10 +148,8 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
             args += ["--memory-gb", str(settings.memory_gb)]
         step(f"plan_{name}", _pipeline_command(*args))
         plan = dict(json.loads(path.read_text()))
-        configs = [json.loads((bundle / "configs" / f).read_text()) for f in ("train.json", "inference.json")]
-        configure_bundle(
-            bundle, {k: plan[k] for k in BUNDLE_VALUES if k in plan and all(_literal(c, k) for c in configs)}
-        )
+        configure_bundle(bundle, shared_values(bundle, plan))
+        train_config = json.loads((bundle / "configs" / "train.json").read_text())
         explicit: dict[str, tuple[Any, str]] = {
             "max_epochs": (epochs, f"demo budget, planned with --max-epochs {epochs} (the plan alone: ~4000 steps)"),
             "val_interval": (settings.val_interval, "demo budget"),
@@ -176,7 +159,7 @@ def run_demo(out_dir: str | Path, settings: DemoSettings | None = None) -> dict[
         if not settings.audit:  # the bundle's own sampling: the plan without its class-balance values
             args_file = bundle / "plan_no_audit.json"
             write_text(args_file, json.dumps({k: v for k, v in plan.items() if k not in SAMPLING_VALUES}, indent=2))
-            explicit.update({k: (configs[0].get(k), "bundle default (--no-audit)") for k in SAMPLING_VALUES})
+            explicit.update({k: (train_config.get(k), "bundle default (--no-audit)") for k in SAMPLING_VALUES})
         explicit.update({k: (v, "demo override") for k, v in settings.overrides.items()})
         plans[name] = {
             "plan": str(path),

@@ -15,7 +15,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleRunError", "bundle_command", "cli_value", "configure_bundle", "run_bundle", "stage_bundle"]
+from pipeline.utils.atomic import write_text
+
+__all__ = [
+    "BundleRunError",
+    "bundle_command",
+    "cli_value",
+    "configure_bundle",
+    "run_bundle",
+    "shared_values",
+    "stage_bundle",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +111,42 @@ def stage_bundle(src: str | Path, dst: str | Path) -> Path:
 def configure_bundle(bundle_dir: str | Path, values: Mapping[str, Any]) -> None:
     """Set top-level config values in a bundle copy's ``train.json`` and ``inference.json`` (what a site edits:
     e.g. its intensity normalisation), so every later run of that bundle — training, evaluation, inference —
-    uses them without command-line overrides."""
+    uses them without command-line overrides. ``class_names``/``in_channels`` also set ``metadata.json``'s
+    ``channel_def`` and input channels, which loading, packing and the receiver's verify read."""
+    configs = Path(bundle_dir) / "configs"
+    updated = {}
     for name in ("train.json", "inference.json"):
-        path = Path(bundle_dir) / "configs" / name
+        path = configs / name
         config = json.loads(path.read_text())
         unknown = sorted(set(values) - set(config))
         if unknown:
             raise KeyError(f"{path}: no top-level ids {unknown}; cannot configure them.")
-        config.update(values)
-        path.write_text(json.dumps(config, indent=4) + "\n")
+        updated[path] = {**config, **values}
+    if "class_names" in values or "in_channels" in values:
+        path = configs / "metadata.json"
+        meta = json.loads(path.read_text())
+        fmt = meta["network_data_format"]
+        if "class_names" in values:
+            names = list(values["class_names"])
+            fmt["outputs"]["pred"]["channel_def"] = {str(i): str(n) for i, n in enumerate(names)}
+            fmt["outputs"]["pred"]["num_channels"] = len(names)
+        if "in_channels" in values:
+            fmt["inputs"]["image"]["num_channels"] = values["in_channels"]
+        updated[path] = meta
+    for path, content in updated.items():  # written only once every file was read and checked
+        write_text(path, json.dumps(content, indent=4) + "\n")
+
+
+def shared_values(bundle_dir: str | Path, plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of ``plan`` that every run of a bundle copy shares: ids holding a plain value in both its
+    ``train.json`` and ``inference.json`` (``class_names``, ``in_channels``, ``intensity``, ``pixdim``, ``backbone``,
+    ...), for :func:`configure_bundle`. An expression (``out_channels: "$len(@class_names)"``) stays: it follows the
+    planned values by itself, and a packed bundle whose configs replace code with a literal is refused by the
+    receiver's verify. Training-only values (patch, sampling, schedule) stay in the plan's ``--args_file``."""
+
+    def literal(config: Mapping[str, Any], key: str) -> bool:
+        value = config.get(key, "$")
+        return not (isinstance(value, str) and value.startswith(("$", "@", "%")))
+
+    configs = [json.loads((Path(bundle_dir) / "configs" / f).read_text()) for f in ("train.json", "inference.json")]
+    return {k: v for k, v in plan.items() if all(literal(c, k) for c in configs)}

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import BaseEncoder
-from monai.networks.nets.efficientnet import EfficientNet
+from monai.networks.nets.efficientnet import EfficientNet, EfficientNetBNFeatures
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
@@ -127,14 +127,8 @@ class EfficientNetLiteEncoder(EfficientNetLite, BaseEncoder):
             )
         super().__init__(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, norm=norm)
 
-    def forward(self, inputs: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
-        x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(inputs))))
-        features = [x] if 0 in self.extract_stacks else []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i + 1 in self.extract_stacks:
-                features.append(x)
-        return features
+    # the 5 feature maps, exactly as MONAI's EfficientNet-B* encoders return them (it reads only our modules)
+    forward = EfficientNetBNFeatures.forward  # type: ignore[assignment]
 
     @classmethod
     def get_encoder_parameters(cls) -> list[dict[str, Any]]:
